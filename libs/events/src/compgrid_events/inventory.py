@@ -1,0 +1,192 @@
+"""Events published by the inventory: instance lifecycle, provisioning commands, hosts, prices.
+
+Provisioning commands travel on ``provision.<datacenter>.instance.<command>`` so that each
+datacenter's provisioner consumes only its own.
+"""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from enum import StrEnum
+from typing import Annotated
+from uuid import UUID
+
+from pydantic import Field
+
+from compgrid_events.base import Contract, Currency, Event, RoutingToken, UtcDatetime
+from compgrid_events.streams import INVENTORY, PROVISION
+
+
+class InstanceState(StrEnum):
+    """The instance lifecycle."""
+
+    PENDING_APPROVAL = "pending_approval"
+    REQUESTED = "requested"
+    SCHEDULED = "scheduled"
+    STARTING = "starting"
+    RUNNING = "running"
+    STOPPING = "stopping"
+    STOPPED = "stopped"
+    DELETING = "deleting"
+    DELETED = "deleted"
+    FAILED = "failed"
+    REJECTED = "rejected"
+
+
+class HostState(StrEnum):
+    """Whether a host takes new work."""
+
+    ACTIVE = "active"
+    MAINTENANCE = "maintenance"
+    DOWN = "down"
+
+
+PositiveInt = Annotated[int, Field(gt=0)]
+NonNegativeInt = Annotated[int, Field(ge=0)]
+
+
+class GpuCount(Contract):
+    """A number of GPUs of one model."""
+
+    model: str = Field(min_length=1, max_length=64)
+    count: PositiveInt
+
+
+class Resources(Contract):
+    """The size of an instance."""
+
+    vcpus: PositiveInt
+    memory_mib: PositiveInt
+    disk_gib: NonNegativeInt
+    gpus: tuple[GpuCount, ...] = ()
+
+
+class _InstanceEvent(Event):
+    instance_id: UUID
+    version: int = Field(ge=1, description="per-instance version; never moves backwards")
+
+    @property
+    def aggregate_id(self) -> str:
+        return str(self.instance_id)
+
+
+class InstanceRequested(_InstanceEvent):
+    """A researcher asked for an instance and admission accepted it."""
+
+    subject_template = "inventory.instance.requested"
+    stream = INVENTORY
+    name: str
+    project_id: UUID
+    budget_code_id: UUID
+    requested_by: UUID
+    instance_type: str
+    image: str
+    resources: Resources
+    hourly_price: Decimal
+    currency: Currency
+    lease_ends_at: UtcDatetime | None = None
+
+
+class InstanceRejected(_InstanceEvent):
+    """A request was refused (quota, budget, no capacity, denied) with the reason."""
+
+    subject_template = "inventory.instance.rejected"
+    stream = INVENTORY
+    project_id: UUID
+    reason_code: str
+    reason: str
+
+
+class InstanceStateChanged(_InstanceEvent):
+    """The instance moved to a new lifecycle state (drives live updates)."""
+
+    subject_template = "inventory.instance.state_changed"
+    stream = INVENTORY
+    project_id: UUID
+    state: InstanceState
+    reason: str = ""
+
+
+class _ProvisionCommand(_InstanceEvent):
+    datacenter: RoutingToken
+    host: str
+
+
+class InstanceScheduled(_ProvisionCommand):
+    """Placement chose a host: the datacenter's provisioner must create and start it."""
+
+    subject_template = "provision.{datacenter}.instance.scheduled"
+    stream = PROVISION
+    host_uri: str
+    name: str
+    project_id: UUID
+    budget_code_id: UUID
+    resources: Resources
+    image: str
+    ssh_public_key: str | None = None
+
+
+class InstanceStartRequested(_ProvisionCommand):
+    """Start a stopped instance."""
+
+    subject_template = "provision.{datacenter}.instance.start_requested"
+    stream = PROVISION
+
+
+class InstanceStopRequested(_ProvisionCommand):
+    """Stop a running instance (graceful, then forced after the timeout)."""
+
+    subject_template = "provision.{datacenter}.instance.stop_requested"
+    stream = PROVISION
+    reason: str = ""
+
+
+class InstanceRebootRequested(_ProvisionCommand):
+    """Reboot a running instance."""
+
+    subject_template = "provision.{datacenter}.instance.reboot_requested"
+    stream = PROVISION
+
+
+class InstanceDeleteRequested(_ProvisionCommand):
+    """Delete an instance and its volumes."""
+
+    subject_template = "provision.{datacenter}.instance.delete_requested"
+    stream = PROVISION
+
+
+class HostRegistered(Event):
+    """A host joined a datacenter or changed (state, capacity, labels)."""
+
+    subject_template = "inventory.host.registered"
+    stream = INVENTORY
+    host_id: UUID
+    name: str
+    datacenter: RoutingToken
+    libvirt_uri: str
+    state: HostState
+    capacity: Resources
+    labels: dict[str, str] = Field(default_factory=dict)
+
+    @property
+    def aggregate_id(self) -> str:
+        return str(self.host_id)
+
+
+class PriceTierChanged(Event):
+    """A price tier got new rates from a date on (history is kept)."""
+
+    subject_template = "inventory.price_tier.changed"
+    stream = INVENTORY
+    price_tier_id: UUID
+    name: str
+    currency: Currency
+    effective_from: UtcDatetime
+    vcpu_hour_amount: Decimal = Field(ge=0)
+    memory_gib_hour_amount: Decimal = Field(ge=0)
+    storage_gib_month_amount: Decimal = Field(ge=0)
+    gpu_hour_amounts: dict[str, Decimal] = Field(default_factory=dict)
+
+    @property
+    def aggregate_id(self) -> str:
+        return str(self.price_tier_id)
