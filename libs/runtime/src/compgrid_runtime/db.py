@@ -1,0 +1,50 @@
+"""The service's own Postgres schema: metadata, engine and sessions.
+
+Every table of a service lives in ``MetaData(schema=<service>)`` with one naming convention, so
+constraint names are stable across migrations and no table ever lands in another schema.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import MetaData, text
+from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
+
+NAMING_CONVENTION = {
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+def make_metadata(schema: str) -> MetaData:
+    """Return the metadata of one service, bound to its schema, with the messaging tables."""
+    from compgrid_runtime.messaging_tables import add_messaging_tables
+
+    metadata = MetaData(schema=schema, naming_convention=NAMING_CONVENTION)
+    add_messaging_tables(metadata)
+    return metadata
+
+
+def create_engine(database_url: str, *, pool_size: int = 5) -> AsyncEngine:
+    """Return an asyncpg engine (``postgresql://`` URLs are accepted and upgraded)."""
+    url = database_url.replace("postgresql://", "postgresql+asyncpg://", 1)
+    return create_async_engine(url, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True)
+
+
+def session_factory(engine: AsyncEngine) -> async_sessionmaker:  # type: ignore[type-arg]
+    """Return the session factory used by units of work."""
+    return async_sessionmaker(engine, expire_on_commit=False)
+
+
+async def ensure_schema(engine: AsyncEngine, schema: str) -> None:
+    """Create the service's schema when it does not exist yet."""
+    async with engine.begin() as conn:
+        await conn.execute(text(f'CREATE SCHEMA IF NOT EXISTS "{schema}"'))
+
+
+async def ping(engine: AsyncEngine) -> None:
+    """Raise unless the database answers."""
+    async with engine.connect() as conn:
+        await conn.execute(text("SELECT 1"))

@@ -1,0 +1,63 @@
+"""Errors a use case raises for the caller, each with an HTTP-like status and a stable code.
+
+Request/reply handlers turn them into error replies; the gateway turns those into RFC 9457
+problem documents. Anything else that escapes a handler is a 500 with a generic message.
+"""
+
+from __future__ import annotations
+
+
+class DomainError(Exception):
+    """A refusal the caller can act on."""
+
+    status = 400
+    code = "bad_request"
+
+    def __init__(self, message: str, *, code: str | None = None, field: str | None = None):
+        super().__init__(message)
+        self.message = message
+        self.field = field
+        if code is not None:
+            self.code = code
+
+
+class Invalid(DomainError):
+    """The input breaks a rule; ``field`` names the culprit."""
+
+    status = 422
+    code = "invalid"
+
+
+class Unauthorized(DomainError):
+    """No valid credentials."""
+
+    status = 401
+    code = "unauthorized"
+
+
+class Forbidden(DomainError):
+    """Valid credentials, but the role does not allow this."""
+
+    status = 403
+    code = "forbidden"
+
+
+class NotFound(DomainError):
+    """No such thing, or the caller may not know it exists."""
+
+    status = 404
+    code = "not_found"
+
+
+class Conflict(DomainError):
+    """It clashes with what exists (duplicate, wrong state, stale version)."""
+
+    status = 409
+    code = "conflict"
+
+
+class TooManyRequests(DomainError):
+    """Throttled; try again later."""
+
+    status = 429
+    code = "too_many_requests"

@@ -1,0 +1,198 @@
+"""Request/reply over NATS for what the gateway needs answered now.
+
+A service registers one handler per operation on ``rpc.<service>.<operation>`` (a queue group,
+so every process of the service shares the load). The runtime parses the envelope, verifies
+the forwarded token, validates the body against the handler's model and turns domain errors
+into error replies; handlers see only a :class:`Caller` and a typed body.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from faststream.nats import NatsBroker
+from faststream.nats.annotations import NatsMessage
+from nats.aio.client import Client as NatsClient
+from nats.errors import NoRespondersError
+from nats.errors import TimeoutError as NatsTimeoutError
+from opentelemetry.trace import SpanKind
+from pydantic import BaseModel, ValidationError
+
+from compgrid_events.rpc import RpcError, RpcReply, RpcRequest, rpc_subject
+from compgrid_runtime.errors import DomainError, Invalid, Unauthorized
+from compgrid_runtime.logs import get_logger
+from compgrid_runtime.tokens import Principal, TokenVerifier
+from compgrid_runtime.tracing import extract_context, inject_headers, tracer
+
+log = get_logger(__name__)
+
+
+@dataclass(frozen=True)
+class Caller:
+    """Who sent a request, from where; ``principal`` is None for anonymous callers."""
+
+    principal: Principal | None
+    client_address: str | None = None
+    request_id: str | None = None
+
+    def require(self) -> Principal:
+        """Return the principal or refuse an anonymous caller."""
+        if self.principal is None:
+            raise Unauthorized("authentication required")
+        return self.principal
+
+
+Handler = Callable[[Caller, Any], Awaitable[Any]]
+
+
+@dataclass(frozen=True)
+class Route:
+    """One operation: its subject, handler, body model and whether a token is required."""
+
+    subject: str
+    handler: Handler
+    body: type[BaseModel] | None
+    public: bool
+
+
+class RemoteError(DomainError):
+    """An error reply from another service, keeping its status and code."""
+
+    def __init__(self, error: RpcError) -> None:
+        super().__init__(error.message, code=error.code, field=error.field)
+        self.status = error.status
+
+
+class ServiceUnavailable(DomainError):
+    """The owning service did not answer in time (or nothing listens)."""
+
+    status = 503
+    code = "service_unavailable"
+
+
+class RpcServer:
+    """The request/reply operations of one service."""
+
+    def __init__(self, service: str, verifier: TokenVerifier | None) -> None:
+        self._service = service
+        self._verifier = verifier
+        self.routes: list[Route] = []
+
+    def route(
+        self,
+        operation: str,
+        handler: Handler,
+        body: type[BaseModel] | None = None,
+        *,
+        public: bool = False,
+    ) -> None:
+        """Register a handler for ``rpc.<service>.<operation>``."""
+        self.routes.append(Route(rpc_subject(self._service, operation), handler, body, public))
+
+    def bind(self, broker: NatsBroker) -> None:
+        """Subscribe every route (queue group per service); call before the broker starts."""
+        for route in self.routes:
+            subscriber = broker.subscriber(
+                route.subject,
+                queue=f"{self._service}-rpc",
+                no_reply=True,
+                title=route.subject,
+                description=route.handler.__doc__,
+            )
+            subscriber(self._entry(route))
+
+    def _entry(self, route: Route) -> Callable[..., Awaitable[None]]:
+        async def on_request(message: NatsMessage) -> None:
+            raw = message.raw_message
+            with tracer.start_as_current_span(
+                route.subject, context=extract_context(raw.headers), kind=SpanKind.SERVER
+            ):
+                reply = await self.handle(route, raw.data)
+            if raw.reply:
+                await raw.respond(reply.model_dump_json().encode())
+
+        on_request.__name__ = route.subject.replace(".", "_")
+        return on_request
+
+    async def handle(self, route: Route, data: bytes) -> RpcReply:
+        """Answer one request (never raises)."""
+        try:
+            request = RpcRequest.model_validate_json(data)
+            caller = self._caller(route, request)
+            body = _validate(route.body, request.body)
+            result = await route.handler(caller, body)
+        except DomainError as exc:
+            error = RpcError(status=exc.status, code=exc.code, message=exc.message, field=exc.field)
+            return RpcReply(ok=False, error=error)
+        except ValidationError:
+            error = RpcError(status=400, code="bad_request", message="malformed request envelope")
+            return RpcReply(ok=False, error=error)
+        except Exception:
+            log.exception("request failed", subject=route.subject)
+            error = RpcError(status=500, code="internal", message="internal error")
+            return RpcReply(ok=False, error=error)
+        return RpcReply(ok=True, data=_plain(result))
+
+    def _caller(self, route: Route, request: RpcRequest) -> Caller:
+        principal = None
+        if request.token and self._verifier is not None:
+            try:
+                principal = self._verifier.verify(request.token)
+            except Unauthorized:
+                if not route.public:
+                    raise
+        elif not route.public:
+            raise Unauthorized("authentication required")
+        return Caller(principal, request.client_address, request.request_id)
+
+
+def _validate(model: type[BaseModel] | None, body: dict[str, Any]) -> Any:
+    if model is None:
+        return body
+    try:
+        return model.model_validate(body)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or None
+        raise Invalid(f"{where}: {first['msg']}" if where else first["msg"], field=where) from exc
+
+
+def _plain(result: Any) -> Any:
+    if isinstance(result, BaseModel):
+        return result.model_dump(mode="json")
+    if isinstance(result, list):
+        return [_plain(item) for item in result]
+    return result
+
+
+async def call(
+    nc: NatsClient,
+    service: str,
+    operation: str,
+    body: BaseModel | dict[str, Any] | None = None,
+    *,
+    token: str | None = None,
+    client_address: str | None = None,
+    request_id: str | None = None,
+    timeout_s: float = 5.0,
+) -> Any:
+    """Ask another service; return its data or raise its error (503 when it does not answer)."""
+    payload = body.model_dump(mode="json") if isinstance(body, BaseModel) else (body or {})
+    request = RpcRequest(
+        token=token, client_address=client_address, request_id=request_id, body=payload
+    )
+    try:
+        msg = await nc.request(
+            rpc_subject(service, operation),
+            request.model_dump_json().encode(),
+            timeout=timeout_s,
+            headers=inject_headers() or None,
+        )
+    except (NatsTimeoutError, NoRespondersError, TimeoutError) as exc:
+        raise ServiceUnavailable(f"{service} did not answer") from exc
+    reply = RpcReply.model_validate_json(msg.data)
+    if not reply.ok and reply.error is not None:
+        raise RemoteError(reply.error)
+    return reply.data

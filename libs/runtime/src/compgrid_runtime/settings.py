@@ -1,0 +1,60 @@
+"""Settings shared by every CompGrid service process.
+
+Each service subclasses :class:`ServiceSettings` with its own env prefix (``COMPGRID_AUTH_``,
+``COMPGRID_INVENTORY_`` …). Every setting has a safe development default; in production mode
+development-only values (the demo secrets, embedded URLs) are refused at start-up.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import ClassVar
+
+from pydantic import Field, SecretStr, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Environment(StrEnum):
+    """Where the process runs."""
+
+    DEVELOPMENT = "development"
+    TEST = "test"
+    PRODUCTION = "production"
+
+
+DEV_SECRET = "compgrid-development-only"
+
+
+class ServiceSettings(BaseSettings):
+    """What every service process needs: where Postgres, NATS and Redis are, and how to behave."""
+
+    model_config = SettingsConfigDict(env_prefix="COMPGRID_", extra="ignore", secrets_dir=None)
+
+    service_name: ClassVar[str] = "service"
+
+    environment: Environment = Environment.DEVELOPMENT
+    database_url: str = "postgresql+asyncpg://postgres@127.0.0.1:5432/compgrid"
+    db_pool_size: int = Field(default=5, ge=1, le=100)
+    nats_url: str = "nats://127.0.0.1:4222"
+    nats_user: str | None = None
+    nats_password: SecretStr | None = None
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    stream_replicas: int = Field(default=1, ge=1, le=5)
+    http_host: str = "127.0.0.1"
+    http_port: int = Field(default=0, ge=0, le=65535, description="0 picks a free port")
+    log_level: str = "INFO"
+    log_json: bool = True
+    otel_exporter_otlp_endpoint: str | None = None
+    outbox_batch_size: int = Field(default=256, ge=1, le=10_000)
+    outbox_poll_interval_s: float = Field(default=0.5, gt=0)
+    shutdown_grace_s: float = Field(default=20.0, ge=0)
+    secret_key: SecretStr = SecretStr(DEV_SECRET)
+
+    @model_validator(mode="after")
+    def _refuse_development_values_in_production(self) -> ServiceSettings:
+        if self.environment is Environment.PRODUCTION:
+            if self.secret_key.get_secret_value() == DEV_SECRET:
+                raise ValueError("secret_key must be set in production (it has the dev default)")
+            if "@127.0.0.1" in self.database_url and "postgres@" in self.database_url:
+                raise ValueError("database_url must be set in production")
+        return self

