@@ -1,0 +1,1 @@
+"""CompGrid billing service."""

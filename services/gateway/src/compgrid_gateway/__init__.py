@@ -1,0 +1,1 @@
+"""CompGrid gateway: the only HTTP edge for people and scripts."""

@@ -1,0 +1,1 @@
+"""CompGrid inventory service."""

@@ -1,0 +1,1 @@
+"""Adapters of the inventory service: tables, repositories and clients."""

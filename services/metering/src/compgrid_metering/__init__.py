@@ -1,0 +1,1 @@
+"""CompGrid metering service."""

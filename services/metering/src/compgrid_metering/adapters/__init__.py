@@ -1,0 +1,1 @@
+"""Adapters of the metering service: tables, repositories and clients."""
