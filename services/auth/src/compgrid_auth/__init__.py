@@ -1,0 +1,1 @@
+"""CompGrid auth service."""

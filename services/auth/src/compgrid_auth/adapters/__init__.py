@@ -1,0 +1,1 @@
+"""Adapters of the auth service: tables, repositories and clients."""

@@ -1,0 +1,1 @@
+"""The auth domain: accounts, passwords, projects, grants and who may do what."""

@@ -1,0 +1,1 @@
+"""Entrypoints of the auth service: request/reply operations and the command line."""

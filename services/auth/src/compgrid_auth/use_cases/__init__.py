@@ -1,0 +1,1 @@
+"""The auth service's use cases: one function per thing a person or service asks for."""
