@@ -1,7 +1,8 @@
 """Settings shared by every CompGrid service process.
 
 Each service subclasses :class:`ServiceSettings` with its own env prefix (``COMPGRID_AUTH_``,
-``COMPGRID_INVENTORY_`` …). Every setting has a safe development default; in production mode
+``COMPGRID_INVENTORY_`` …). A value the services share may be given once without the service
+part (``COMPGRID_NATS_URL``, ``COMPGRID_ENVIRONMENT``); the service's own variable wins. Every setting has a safe development default; in production mode
 development-only values (the demo secrets, embedded URLs) are refused at start-up.
 """
 
@@ -11,7 +12,14 @@ from enum import StrEnum
 from typing import ClassVar
 
 from pydantic import Field, SecretStr, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import (
+    BaseSettings,
+    EnvSettingsSource,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
+
+SHARED_PREFIX = "COMPGRID_"
 
 
 class Environment(StrEnum):
@@ -28,9 +36,22 @@ DEV_SECRET = "compgrid-development-only"
 class ServiceSettings(BaseSettings):
     """What every service process needs: where Postgres, NATS and Redis are, and how to behave."""
 
-    model_config = SettingsConfigDict(env_prefix="COMPGRID_", extra="ignore", secrets_dir=None)
+    model_config = SettingsConfigDict(env_prefix=SHARED_PREFIX, extra="ignore", secrets_dir=None)
 
     service_name: ClassVar[str] = "service"
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        """Read ``COMPGRID_<SERVICE>_X`` first, then the shared ``COMPGRID_X``."""
+        shared = EnvSettingsSource(settings_cls, env_prefix=SHARED_PREFIX)
+        return init_settings, env_settings, shared, dotenv_settings, file_secret_settings
 
     environment: Environment = Environment.DEVELOPMENT
     database_url: str = "postgresql+asyncpg://postgres@127.0.0.1:5432/compgrid"
