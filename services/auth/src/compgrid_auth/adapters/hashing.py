@@ -33,3 +33,7 @@ class PasswordHasher:
             )
         except (VerifyMismatchError, VerificationError, InvalidHashError):
             return False
+
+    def needs_rehash(self, password_hash: str) -> bool:
+        """Return True when the hash was made with other parameters than today's."""
+        return _HASHER.check_needs_rehash(password_hash)

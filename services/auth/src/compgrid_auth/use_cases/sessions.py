@@ -17,7 +17,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 
 from compgrid_auth.adapters.repository import find_user_by_email, get_user, user_projects
 from compgrid_auth.adapters.secrets import digest, new_secret
-from compgrid_auth.adapters.tables import api_token, refresh_token
+from compgrid_auth.adapters.tables import api_token, refresh_token, user_account
 from compgrid_auth.use_cases.audit import record
 from compgrid_auth.use_cases.deps import Deps
 from compgrid_events import utc_now, uuid7
@@ -53,13 +53,20 @@ async def login(deps: Deps, caller: Caller, body: Login) -> TokenPair:
     address = caller.client_address
     if len(body.password) > 128 or await deps.throttle.locked(email, address):
         raise Unauthorized(LOGIN_FAILED, code="login_failed")
-    async with deps.uow() as uow:
+    async with deps.uow() as uow:  # no connection is held while the hash runs
         user = await find_user_by_email(uow.session, email)
-        stored = user.password_hash if user is not None and user.status == "active" else None
-        if not await deps.hasher.verify(stored, body.password):
-            await deps.throttle.failed(email, address)
-            raise Unauthorized(LOGIN_FAILED, code="login_failed")
-        assert user is not None
+    stored = user.password_hash if user is not None and user.status == "active" else None
+    if not await deps.hasher.verify(stored, body.password):
+        await deps.throttle.failed(email, address)
+        raise Unauthorized(LOGIN_FAILED, code="login_failed")
+    assert user is not None and stored is not None
+    async with deps.uow() as uow:
+        if deps.hasher.needs_rehash(stored):  # the hashing parameters were raised since
+            await uow.session.execute(
+                update(user_account)
+                .where(user_account.c.id == user.id, user_account.c.password_hash == stored)
+                .values(password_hash=await deps.hasher.hash(body.password))
+            )
         pair = await _issue(deps, uow, user, family=uuid7())
         await record(uow, caller, "session.login", "user", user.id, actor_id=user.id)
         await uow.commit()
