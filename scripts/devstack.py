@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import secrets
 import shutil
 import signal
 import subprocess
@@ -35,6 +36,8 @@ from pathlib import Path
 from typing import IO
 
 from compgrid_runtime.embedded import EmbeddedNats, free_port, port_answers
+from compgrid_runtime.natsconf import SERVICES as NATS_USERS
+from compgrid_runtime.natsconf import SETUP_USER, password_variable
 
 ROOT = Path(__file__).resolve().parent.parent
 SERVICES = ("auth", "inventory", "provisioner", "metering", "billing", "gateway")
@@ -135,23 +138,43 @@ def start_redis(stack: Stack, *, embedded: bool) -> str:
     return f"redis://127.0.0.1:{port}/0"
 
 
-def start_nats(stack: Stack) -> str:
-    """Return the NATS URL, starting ``nats-server`` from the wheel unless one is given."""
+def start_nats(stack: Stack) -> tuple[str, dict[str, str]]:
+    """Return the NATS URL and each user's password (none when a URL is given).
+
+    The embedded server runs deploy/nats/nats-server.conf: one user per service, allowed only
+    its own subjects, with passwords made up for this run.
+    """
     if url := os.environ.get("COMPGRID_NATS_URL"):
         say("nats: COMPGRID_NATS_URL")
-        return url
+        return url, {}
+    passwords = {user: secrets.token_urlsafe(18) for user in (*NATS_USERS, SETUP_USER)}
     port = 4333 if not port_answers("127.0.0.1", 4333) else free_port()
-    nats = EmbeddedNats(stack.state / "nats", port=port).start()
+    nats = EmbeddedNats(
+        stack.state / "nats",
+        port=port,
+        config=ROOT / "deploy" / "nats" / "nats-server.conf",
+        env={password_variable(user): password for user, password in passwords.items()},
+    ).start()
     stack.cleanups.append(nats.stop)
-    say(f"nats: JetStream from the wheel on port {port}, store {stack.state / 'nats'}")
-    return nats.url
+    say(f"nats: JetStream from the wheel on port {port}, one user per service")
+    return nats.url, passwords
 
 
-def service_env(service: str, urls: dict[str, str], http_port: int) -> dict[str, str]:
-    """Environment of one service process: every URL under its own prefix."""
+def nats_credentials(service: str, passwords: dict[str, str]) -> dict[str, str]:
+    """Settings (without prefix) that log a service in as its own NATS user."""
+    if not passwords:
+        return {}
+    return {"nats_user": service, "nats_password": passwords[service]}
+
+
+def service_env(
+    service: str, urls: dict[str, str], http_port: int, passwords: dict[str, str]
+) -> dict[str, str]:
+    """Environment of one service process: URLs and credentials under its own prefix."""
     prefix = f"COMPGRID_{service.upper()}_"
     env = dict(os.environ)
-    env.update({prefix + key.upper(): value for key, value in urls.items()})
+    values = {**urls, **nats_credentials(service, passwords)}
+    env.update({prefix + key.upper(): value for key, value in values.items()})
     env[prefix + "HTTP_PORT"] = str(http_port)
     env.setdefault(prefix + "LOG_JSON", "false")
     env["PYTHONUNBUFFERED"] = "1"
@@ -175,11 +198,11 @@ def _pump(name: str, colour: str, stream: IO[bytes]) -> None:
         sys.stdout.flush()
 
 
-def start_services(stack: Stack, urls: dict[str, str]) -> None:
+def start_services(stack: Stack, urls: dict[str, str], passwords: dict[str, str]) -> None:
     """Start every service as its own process, its output prefixed with its name."""
     for index, service in enumerate(SERVICES):
         port = free_port()
-        env = service_env(service, urls, port)
+        env = service_env(service, urls, port, passwords)
         if service == "gateway":
             env.setdefault("COMPGRID_GATEWAY_API_PORT", "8000")
             port = int(env["COMPGRID_GATEWAY_API_PORT"])
@@ -274,15 +297,19 @@ def main() -> int:
     stack = Stack(state=args.state_dir)
     code = 1
     try:
+        nats_url, passwords = start_nats(stack)
         urls = {
-            "nats_url": start_nats(stack),
+            "nats_url": nats_url,
             "database_url": start_postgres(stack, embedded=args.embedded),
             "redis_url": start_redis(stack, embedded=args.embedded),
         }
-        env = service_env("auth", urls, 0)
+        env = service_env("auth", urls, 0, passwords)
         for service in ("inventory", "provisioner", "metering", "billing"):
-            env.update(service_env(service, urls, 0))
+            env.update(service_env(service, urls, 0, passwords))
         run_step("applying migrations", [sys.executable, "-m", "compgrid_runtime.migrations"], env)
+        if passwords:
+            env["COMPGRID_NATS_USER"] = SETUP_USER
+            env["COMPGRID_NATS_PASSWORD"] = passwords[SETUP_USER]
         run_step(
             "ensuring streams",
             [
@@ -298,7 +325,7 @@ def main() -> int:
         logins = run_step(
             "seeding the demo", [sys.executable, "-m", "compgrid_auth", "seed-demo"], env
         )
-        start_services(stack, urls)
+        start_services(stack, urls, passwords)
         wait_ready(stack, args.ready_timeout)
         gateway = stack.health["gateway"]
         print(logins, end="", flush=True)

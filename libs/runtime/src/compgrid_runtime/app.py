@@ -18,6 +18,7 @@ from typing import Any
 
 import nats
 from faststream.nats import NatsBroker
+from faststream.security import SASLPlaintext
 from nats.aio.client import Client as NatsClient
 from nats.js import JetStreamContext
 from sqlalchemy import MetaData
@@ -100,7 +101,12 @@ class ServiceApp:
 
     def _broker_auth(self) -> dict[str, object]:
         options = nats_options(self.settings)
-        return {k: v for k, v in options.items() if k in ("user", "password", "name")}
+        auth: dict[str, object] = {"name": options["name"]}
+        if "user" in options:
+            auth["security"] = SASLPlaintext(
+                username=str(options["user"]), password=str(options.get("password", ""))
+            )
+        return auth
 
     def unit_of_work(self) -> UnitOfWork:
         """Return a new unit of work whose commit wakes the outbox relay."""

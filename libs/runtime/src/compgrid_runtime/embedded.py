@@ -5,6 +5,7 @@ Used by ``just dev`` and the test harness when no server URL is given.
 
 from __future__ import annotations
 
+import os
 import shutil
 import socket
 import subprocess
@@ -50,10 +51,17 @@ def nats_server_binary() -> str:
 class EmbeddedNats:
     """A JetStream-enabled ``nats-server`` child process with its own store directory."""
 
-    def __init__(self, store_dir: Path, port: int | None = None, config: Path | None = None):
+    def __init__(
+        self,
+        store_dir: Path,
+        port: int | None = None,
+        config: Path | None = None,
+        env: dict[str, str] | None = None,
+    ):
         self.store_dir = store_dir
         self.port = port or free_port()
         self.config = config
+        self.env = env
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -80,7 +88,11 @@ class EmbeddedNats:
         # Its own session: a Ctrl-C meant for `just dev` must not stop the bus before the services
         # that drain into it; whoever started it stops it.
         self.process = subprocess.Popen(
-            args, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+            args,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            env={**os.environ, **self.env} if self.env else None,
         )
         wait_for_port("127.0.0.1", self.port)
         return self

@@ -2,8 +2,9 @@
 
 Each service subclasses :class:`ServiceSettings` with its own env prefix (``COMPGRID_AUTH_``,
 ``COMPGRID_INVENTORY_`` …). A value the services share may be given once without the service
-part (``COMPGRID_NATS_URL``, ``COMPGRID_ENVIRONMENT``); the service's own variable wins. Every setting has a safe development default; in production mode
-development-only values (the demo secrets, embedded URLs) are refused at start-up.
+part (``COMPGRID_NATS_URL``, ``COMPGRID_ENVIRONMENT``); the service's own variable wins.
+Every setting has a safe development default; in production mode development-only values
+(the demo secrets, embedded URLs) are refused at start-up.
 """
 
 from __future__ import annotations

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 from collections.abc import Iterable
 
 import nats
@@ -69,8 +70,8 @@ async def missing_streams(js: JetStreamContext, specs: Iterable[StreamSpec]) -> 
     return missing
 
 
-async def _ensure_all(url: str, replicas: int) -> None:
-    nc = await nats.connect(url)
+async def _ensure_all(url: str, replicas: int, user: str | None, password: str | None) -> None:
+    nc = await nats.connect(url, user=user, password=password)
     try:
         await ensure_streams(nc.jetstream(), ALL_STREAMS, replicas=replicas)
     finally:
@@ -83,8 +84,10 @@ def main() -> None:
     parser.add_argument("command", choices=["ensure"])
     parser.add_argument("--nats-url", default="nats://127.0.0.1:4222")
     parser.add_argument("--replicas", type=int, default=1)
+    parser.add_argument("--user", default=os.environ.get("COMPGRID_NATS_USER"))
     args = parser.parse_args()
-    asyncio.run(_ensure_all(args.nats_url, args.replicas))
+    password = os.environ.get("COMPGRID_NATS_PASSWORD")  # never on the command line
+    asyncio.run(_ensure_all(args.nats_url, args.replicas, args.user, password))
     print(f"{len(ALL_STREAMS)} streams ensured")
 
 

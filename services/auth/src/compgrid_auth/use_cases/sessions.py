@@ -59,7 +59,8 @@ async def login(deps: Deps, caller: Caller, body: Login) -> TokenPair:
     if not await deps.hasher.verify(stored, body.password):
         await deps.throttle.failed(email, address)
         raise Unauthorized(LOGIN_FAILED, code="login_failed")
-    assert user is not None and stored is not None
+    assert user is not None
+    assert stored is not None
     async with deps.uow() as uow:
         if deps.hasher.needs_rehash(stored):  # the hashing parameters were raised since
             await uow.session.execute(
