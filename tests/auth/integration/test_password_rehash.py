@@ -7,6 +7,7 @@ import pytest
 from argon2 import PasswordHasher as Argon2Hasher
 from argon2 import Type
 
+from compgrid_runtime.errors import DomainError
 from tests.auth.integration.conftest import PASSWORD, AuthHarness
 from tests.harness.servers import Servers
 
@@ -46,3 +47,30 @@ async def test_login_leaves_a_current_hash_alone(auth: AuthHarness, real: Server
     finally:
         await conn.close()
     assert after == before
+
+
+async def test_an_account_disabled_while_its_password_is_checked_gets_no_session(
+    auth: AuthHarness, real: Servers, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    user_id, email = await auth.user("member")
+    admin = auth.tokens["admin"]
+    original = auth.deps.hasher.verify
+
+    async def verify_then_disable(stored: str | None, password: str) -> bool:
+        matched = await original(stored, password)
+        await auth.call("users.disable", {"user_id": user_id}, token=admin)
+        return matched
+
+    monkeypatch.setattr(auth.deps.hasher, "verify", verify_then_disable)
+    with pytest.raises(DomainError) as refused:
+        await auth.login(email)
+    assert refused.value.status == 401
+    monkeypatch.undo()
+    conn = await asyncpg.connect(real.database_url.replace("postgresql+asyncpg", "postgresql", 1))
+    try:
+        sessions = await conn.fetchval(
+            "SELECT count(*) FROM auth.refresh_token WHERE user_id = $1", user_id
+        )
+    finally:
+        await conn.close()
+    assert sessions == 0

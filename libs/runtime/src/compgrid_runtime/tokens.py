@@ -126,6 +126,7 @@ class KeyWatcher:
         self._verifier = verifier
         self._task: asyncio.Task[None] | None = None
         self.ready = asyncio.Event()
+        self.jwks_changed = asyncio.Event()  # set on every new JWKS; whoever waits clears it
 
     def start(self) -> None:
         """Watch in the background."""
@@ -168,6 +169,7 @@ class KeyWatcher:
         deleted = operation in ("DEL", "PURGE")
         if key == JWKS_KEY and value and not deleted:
             self._verifier.set_jwks(json.loads(value))
+            self.jwks_changed.set()
         elif key.startswith(DISABLED_PREFIX):
             with contextlib.suppress(ValueError):
                 self._verifier.set_disabled(UUID(key.removeprefix(DISABLED_PREFIX)), not deleted)

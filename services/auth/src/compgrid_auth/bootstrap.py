@@ -13,7 +13,7 @@ from compgrid_auth.adapters.throttle import LoginThrottle
 from compgrid_auth.config import Settings
 from compgrid_auth.entrypoints.rpc import register_routes
 from compgrid_auth.use_cases.deps import Deps
-from compgrid_auth.use_cases.keys import ensure_first_admin, load_keys
+from compgrid_auth.use_cases.keys import ensure_first_admin, follow_rotations, load_keys
 from compgrid_runtime.app import ServiceApp
 from compgrid_runtime.mail import Mailer, SmtpMailer, SmtpSettings
 
@@ -43,5 +43,9 @@ def build(settings: Settings, *, mailer: Mailer | None = None) -> tuple[ServiceA
         await load_keys(deps)
         await ensure_first_admin(deps)
 
+    async def follow(app: ServiceApp) -> None:
+        await follow_rotations(deps, app.keys, app.verifier)
+
     app.on_start.append(prepare)
+    app.background.append(follow)
     return app, deps

@@ -98,6 +98,11 @@ class TokenSigner:
         assert isinstance(private, Ed25519PrivateKey)
         return KeyPair(row.kid, private, row.public_jwk, row.retired_at)
 
+    @property
+    def key_ids(self) -> frozenset[str]:
+        """Return the ids of every key this signer knows."""
+        return frozenset(k.kid for k in self._keys)
+
     def jwks(self) -> dict[str, Any]:
         """Return the public keys that may still verify live tokens."""
         horizon = utc_now() - self._access_ttl - timedelta(minutes=1)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from sqlalchemy import any_, literal, select
+from sqlalchemy import any_, literal, select, text
 
 from compgrid_auth.adapters.keys import publish_disabled, publish_jwks
 from compgrid_auth.adapters.tables import user_account
@@ -13,6 +13,7 @@ from compgrid_auth.use_cases.users import insert_user
 from compgrid_events.auth import Role
 from compgrid_runtime.logs import get_logger
 from compgrid_runtime.rpc import Caller
+from compgrid_runtime.tokens import KeyWatcher, TokenVerifier
 
 log = get_logger(__name__)
 
@@ -40,11 +41,25 @@ async def rotate_keys(deps: Deps, caller: Caller, body: object) -> dict[str, obj
     """Start signing with a new key; old keys verify until their tokens expire (admins)."""
     require_role(caller.require())
     async with deps.uow() as uow:
+        # One rotation at a time across auth processes, each starting from the stored keys.
+        await uow.session.execute(text("SELECT pg_advisory_xact_lock(hashtext('auth.keys'))"))
+        await deps.signer.load(uow.session)
         kid = await deps.signer.rotate(uow.session)
         await record(uow, caller, "keys.rotate", "signing_key", kid)
         await uow.commit()
     await publish_jwks(deps.js(), deps.signer)
     return {"kid": kid, "keys": [k["kid"] for k in deps.signer.jwks()["keys"]]}
+
+
+async def follow_rotations(deps: Deps, watcher: KeyWatcher, verifier: TokenVerifier) -> None:
+    """Sign with the newest key when another auth process rotated (it published a new JWKS)."""
+    while True:
+        await watcher.jwks_changed.wait()
+        watcher.jwks_changed.clear()
+        if verifier.key_ids - deps.signer.key_ids:
+            async with deps.uow() as uow:
+                await deps.signer.load(uow.session)
+            log.info("signing keys reloaded after a rotation elsewhere")
 
 
 async def ensure_first_admin(deps: Deps) -> None:

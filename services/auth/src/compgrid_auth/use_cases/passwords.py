@@ -34,14 +34,17 @@ from compgrid_runtime.uow import UnitOfWork
 RESET_SENT = {"message": "if the account exists, a reset link is on its way"}
 
 
-async def _set_password(deps: Deps, uow: UnitOfWork, user: Any, password: str) -> None:
+async def _set_password(
+    deps: Deps, uow: UnitOfWork, user: Any, password: str, *, activate: bool = False
+) -> None:
     check_password(password, email=user.email)
+    values: dict[str, Any] = {"password_hash": await deps.hasher.hash(password)}
+    if activate:
+        values["status"] = "active"
     await uow.session.execute(
         update(user_account)
         .where(user_account.c.id == user.id)
-        .values(
-            password_hash=await deps.hasher.hash(password), status="active", updated_at=func.now()
-        )
+        .values(**values, updated_at=func.now())
     )
     await uow.session.execute(  # every session of the account ends with its old password
         update(refresh_token)
@@ -152,7 +155,9 @@ async def accept_invitation(deps: Deps, caller: Caller, body: AcceptInvitation) 
     async with deps.uow() as uow:
         used = await use_one_time_token(uow, body.token, "invite")
         user = await get_user(uow.session, used.user_id, lock=True)
-        await _set_password(deps, uow, user, body.password)
+        if user.status != "invited":  # disabled meanwhile, or accepted already
+            raise Unauthorized("invalid or expired token", code="invalid_token")
+        await _set_password(deps, uow, user, body.password, activate=True)
         await uow.session.execute(
             update(user_account)
             .where(user_account.c.id == user.id)

@@ -162,15 +162,19 @@ async def add_member(deps: Deps, caller: Caller, body: AddMember) -> ProjectPubl
     async with deps.uow() as uow:
         require_project_manager(caller.require(), await _role(uow, caller, body.project_id))
         row = await get_project(uow.session, body.project_id)
-        user = await get_user(uow.session, body.user_id)
-        if user.status == "disabled":
-            raise Conflict("this account is disabled", code="user_disabled", field="user_id")
+        _require_joinable(await get_user(uow.session, body.user_id), "user_id")
         if body.user_id == row.pi_user_id and body.role is not ProjectRole.PI:
             raise Conflict("the project's PI stays its PI", code="pi_role_fixed")
         await _set_member(uow, caller, row.id, body.user_id, body.role)
         members = await project_members(uow.session, row.id)
         await uow.commit()
     return project_public(row, members)
+
+
+def _require_joinable(user: Any, field: str) -> None:
+    """A disabled account joins no project, whichever way it is asked."""
+    if user.status == "disabled":
+        raise Conflict("this account is disabled", code="user_disabled", field=field)
 
 
 async def remove_member(deps: Deps, caller: Caller, body: RemoveMember) -> ProjectPublic:
@@ -202,7 +206,8 @@ async def invite(deps: Deps, caller: Caller, body: Invite) -> dict[str, Any]:
         require_project_manager(caller.require(), await _role(uow, caller, body.project_id))
         row = await get_project(uow.session, body.project_id)
         user = await find_user_by_email(uow.session, email)
-        token = None
+        if user is not None:
+            _require_joinable(user, "email")
         if user is None:
             created = await insert_user(
                 deps,
@@ -215,6 +220,10 @@ async def invite(deps: Deps, caller: Caller, body: Invite) -> dict[str, Any]:
                 status="invited",
             )
             user_id = created.id
+        else:
+            user_id = user.id
+        token = None
+        if user is None or user.status == "invited":  # not yet accepted: a fresh invitation
             token = await issue_one_time_token(
                 deps,
                 uow,
@@ -223,12 +232,15 @@ async def invite(deps: Deps, caller: Caller, body: Invite) -> dict[str, Any]:
                 ttl_s=deps.settings.invitation_ttl_s,
                 project_id=row.id,
             )
-        else:
-            user_id = user.id
         await _set_member(uow, caller, row.id, user_id, body.role)
         await deps.mailer.send(_invitation_mail(deps, email, row.name, token))
         await uow.commit()
     return {"user_id": str(user_id), "invited": token is not None}
+
+
+def _days(seconds: int) -> str:
+    days = max(1, round(seconds / 86_400))
+    return "1 day" if days == 1 else f"{days} days"
 
 
 def _invitation_mail(deps: Deps, email: str, project_name: str, token: str | None) -> Mail:
@@ -237,7 +249,8 @@ def _invitation_mail(deps: Deps, email: str, project_name: str, token: str | Non
     else:
         text = (
             f"You are invited to the CompGrid project {project_name}.\n\n"
-            f"Accept with this token within 7 days:\n\n{token}\n\n"
+            f"Accept with this token within {_days(deps.settings.invitation_ttl_s)}:"
+            f"\n\n{token}\n\n"
             f"or open {deps.settings.public_url}/accept-invitation?token={token}\n"
         )
     return Mail(to=(email,), subject=f"CompGrid: {project_name}", text=text)

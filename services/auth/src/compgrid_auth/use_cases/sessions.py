@@ -62,6 +62,10 @@ async def login(deps: Deps, caller: Caller, body: Login) -> TokenPair:
     assert user is not None
     assert stored is not None
     async with deps.uow() as uow:
+        current = await get_user(uow.session, user.id, lock=True)
+        if current.status != "active" or current.password_hash != stored:
+            # disabled, or the password changed, while the hash was being checked
+            raise Unauthorized(LOGIN_FAILED, code="login_failed")
         if deps.hasher.needs_rehash(stored):  # the hashing parameters were raised since
             await uow.session.execute(
                 update(user_account)
