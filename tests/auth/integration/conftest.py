@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
@@ -10,6 +11,7 @@ from email import message_from_bytes
 from email.message import Message
 from typing import Any
 
+import asyncpg
 import nats
 import pytest
 from aiosmtpd.controller import Controller
@@ -20,9 +22,11 @@ from compgrid_auth.config import Settings
 from compgrid_auth.use_cases.deps import Deps
 from compgrid_runtime.app import ServiceApp
 from compgrid_runtime.embedded import free_port
+from compgrid_runtime.errors import DomainError
 from compgrid_runtime.mail import SmtpMailer, SmtpSettings
 from compgrid_runtime.migrations import upgrade
 from compgrid_runtime.rpc import call
+from compgrid_runtime.tokens import JWKS_KEY, KEYS_BUCKET
 from tests.harness.servers import Servers
 
 ADMIN_EMAIL = "root-admin@example.org"
@@ -88,6 +92,20 @@ class AuthHarness:
             request_id=uuid.uuid4().hex,
         )
 
+    async def refused(self, operation: str, body: dict[str, Any], **kw: Any) -> DomainError:
+        """Call an operation that must fail; return the error it raised."""
+        with pytest.raises(DomainError) as caught:
+            await self.call(operation, body, **kw)
+        return caught.value
+
+    async def published_jwks(self) -> dict[str, Any]:
+        """Return the JWKS as the key bucket holds it now."""
+        kv = await self.nc.jetstream().key_value(KEYS_BUCKET)
+        entry = await kv.get(JWKS_KEY)
+        assert entry.value is not None
+        jwks: dict[str, Any] = json.loads(entry.value)
+        return jwks
+
     async def login(self, email: str, password: str = PASSWORD, address: str | None = None) -> str:
         """Log in and return the access token."""
         pair = await self.call(
@@ -111,6 +129,16 @@ class AuthHarness:
             token=admin_token or self.tokens["admin"],
         )
         return str(created["id"]), email
+
+
+@pytest.fixture
+async def db(real: Servers) -> AsyncIterator[asyncpg.Connection]:
+    """A raw connection to the run's database, to look behind the service."""
+    conn = await asyncpg.connect(
+        real.database_url.replace("postgresql+asyncpg://", "postgresql://")
+    )
+    yield conn
+    await conn.close()
 
 
 @pytest.fixture(scope="session")

@@ -4,33 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import asyncpg
 import pytest
 
-from compgrid_runtime.errors import DomainError, Unauthorized
+from compgrid_runtime.errors import Unauthorized
 from tests.auth.integration.conftest import AuthHarness
-from tests.harness.servers import Servers
 
 pytestmark = [pytest.mark.postgres, pytest.mark.nats, pytest.mark.redis]
-
-
-@pytest.fixture
-async def db(real: Servers) -> AsyncIterator[asyncpg.Connection]:
-    conn = await asyncpg.connect(
-        real.database_url.replace("postgresql+asyncpg://", "postgresql://")
-    )
-    yield conn
-    await conn.close()
-
-
-async def _refused(auth: AuthHarness, operation: str, body: dict[str, Any], **kw: Any) -> Any:
-    with pytest.raises(DomainError) as caught:
-        await auth.call(operation, body, **kw)
-    return caught.value
 
 
 async def _create(auth: AuthHarness, token: str, name: str, **extra: Any) -> dict[str, Any]:
@@ -104,7 +87,7 @@ async def test_exchange_gives_an_access_token_with_the_owners_rights(auth: AuthH
     # the token acts with those rights: the PI's project is visible, admin operations are not
     got = await auth.call("projects.get", {"project_id": project["id"]}, token=pair["access_token"])
     assert got["id"] == project["id"]
-    forbidden = await _refused(auth, "users.list", {}, token=pair["access_token"])
+    forbidden = await auth.refused("users.list", {}, token=pair["access_token"])
     assert forbidden.status == 403
 
 
@@ -136,10 +119,10 @@ async def test_revoke_stops_the_exchange(auth: AuthHarness) -> None:
 
     assert revoked["revoked_at"] is not None
     assert "token" not in revoked
-    error = await _refused(auth, "exchange_api_token", {"api_token": created["token"]})
+    error = await auth.refused("exchange_api_token", {"api_token": created["token"]})
     assert error.status == 401
     assert error.code == "invalid_api_token"
-    again = await _refused(auth, "api_tokens.revoke", {"token_id": created["id"]}, token=access)
+    again = await auth.refused("api_tokens.revoke", {"token_id": created["id"]}, token=access)
     assert again.status == 404
     # the name is free again for a new live token
     replacement = await _create(auth, access, "to revoke")
@@ -151,7 +134,7 @@ async def test_a_live_name_is_unique_per_user(auth: AuthHarness) -> None:
     _, other_email = await auth.user()
     access = await auth.login(email)
     await _create(auth, access, "dup")
-    error = await _refused(auth, "api_tokens.create", {"name": "dup"}, token=access)
+    error = await auth.refused("api_tokens.create", {"name": "dup"}, token=access)
     assert error.status == 409
     assert error.field == "name"
     assert len(await auth.call("api_tokens.list", token=access)) == 1
@@ -166,7 +149,7 @@ async def test_another_user_cannot_revoke_or_see_it(auth: AuthHarness) -> None:
     other = await auth.login(other_email)
     created = await _create(auth, owner, "mine")
 
-    error = await _refused(auth, "api_tokens.revoke", {"token_id": created["id"]}, token=other)
+    error = await auth.refused("api_tokens.revoke", {"token_id": created["id"]}, token=other)
 
     assert error.status == 404
     assert await auth.call("api_tokens.list", token=other) == []
@@ -188,8 +171,8 @@ async def test_unknown_and_expired_tokens_are_refused(auth: AuthHarness) -> None
     assert await auth.call("exchange_api_token", {"api_token": short["token"]})
     await asyncio.sleep(max(0.0, (soon - datetime.now(UTC)).total_seconds()) + 0.1)
 
-    expired = await _refused(auth, "exchange_api_token", {"api_token": short["token"]})
-    unknown = await _refused(auth, "exchange_api_token", {"api_token": "cgt_" + uuid.uuid4().hex})
+    expired = await auth.refused("exchange_api_token", {"api_token": short["token"]})
+    unknown = await auth.refused("exchange_api_token", {"api_token": "cgt_" + uuid.uuid4().hex})
     assert expired.status == unknown.status == 401
     assert expired.message == unknown.message
 
@@ -202,7 +185,7 @@ async def test_a_disabled_users_api_token_stops_working(auth: AuthHarness) -> No
 
     await auth.call("users.disable", {"user_id": user_id}, token=auth.tokens["admin"])
 
-    error = await _refused(auth, "exchange_api_token", {"api_token": created["token"]})
+    error = await auth.refused("exchange_api_token", {"api_token": created["token"]})
     assert error.status == 401
     # the access token it gave before is refused as soon as the disable is published
     deadline = asyncio.get_running_loop().time() + 5
@@ -221,7 +204,7 @@ async def test_a_disabled_users_api_token_stops_working(auth: AuthHarness) -> No
 
 
 async def test_api_tokens_need_a_login(auth: AuthHarness) -> None:
-    error = await _refused(auth, "api_tokens.create", {"name": "anonymous"})
+    error = await auth.refused("api_tokens.create", {"name": "anonymous"})
     assert error.status == 401
-    error = await _refused(auth, "api_tokens.list", {})
+    error = await auth.refused("api_tokens.list", {})
     assert error.status == 401

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import json
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any
@@ -17,7 +16,7 @@ from redis.asyncio import Redis
 
 from compgrid_auth.use_cases.sessions import LOGIN_FAILED
 from compgrid_runtime.errors import DomainError, Unauthorized
-from compgrid_runtime.tokens import JWKS_KEY, KEYS_BUCKET, KeyWatcher, TokenVerifier
+from compgrid_runtime.tokens import KeyWatcher, TokenVerifier
 from tests.auth.integration.conftest import PASSWORD, AuthHarness
 from tests.harness.servers import Servers
 
@@ -42,13 +41,6 @@ async def redis(real: Servers) -> AsyncIterator[Redis]:
 
 
 @pytest.fixture
-async def db(real: Servers) -> AsyncIterator[asyncpg.Connection]:
-    conn = await asyncpg.connect(_pg_url(real))
-    yield conn
-    await conn.close()
-
-
-@pytest.fixture
 async def remote_verifier(real: Servers) -> AsyncIterator[TokenVerifier]:
     """A verifier as another service has it: own NATS connection, own KeyWatcher."""
     client = await nats.connect(real.nats_url)
@@ -69,20 +61,6 @@ async def _login_pair(
     )
     assert isinstance(pair, dict)
     return pair
-
-
-async def _refused(auth: AuthHarness, operation: str, body: dict[str, Any], **kw: Any) -> Any:
-    with pytest.raises(DomainError) as caught:
-        await auth.call(operation, body, **kw)
-    return caught.value
-
-
-async def _jwks(auth: AuthHarness) -> dict[str, Any]:
-    kv = await auth.nc.jetstream().key_value(KEYS_BUCKET)
-    entry = await kv.get(JWKS_KEY)
-    assert entry.value is not None
-    jwks: dict[str, Any] = json.loads(entry.value)
-    return jwks
 
 
 async def _eventually_refused(verifier: TokenVerifier, token: str, timeout_s: float = 5.0) -> None:
@@ -123,7 +101,7 @@ async def test_login_returns_a_signed_access_token_and_a_refresh_token(auth: Aut
     assert len(pair["refresh_token"]) >= 40
     header = jwt.get_unverified_header(pair["access_token"])
     assert header["alg"] in ("EdDSA", "ES256")
-    jwks = await _jwks(auth)
+    jwks = await auth.published_jwks()
     jwk = next(k for k in jwks["keys"] if k["kid"] == header["kid"])
     key = jwt.PyJWK.from_dict(jwk, algorithm=header["alg"])
     claims = jwt.decode(
@@ -174,20 +152,19 @@ async def test_wrong_password_unknown_email_and_disabled_user_get_the_same_error
     disabled_id, disabled_email = await auth.user()
     await auth.call("users.disable", {"user_id": disabled_id}, token=auth.tokens["admin"])
 
-    wrong = await _refused(
-        auth, "login", {"email": email, "password": "not the password at all"}, address=_address()
+    wrong = await auth.refused(
+        "login", {"email": email, "password": "not the password at all"}, address=_address()
     )
-    unknown = await _refused(
-        auth,
+    unknown = await auth.refused(
         "login",
         {"email": f"nobody-{uuid.uuid4().hex}@example.org", "password": PASSWORD},
         address=_address(),
     )
-    disabled = await _refused(
-        auth, "login", {"email": disabled_email, "password": PASSWORD}, address=_address()
+    disabled = await auth.refused(
+        "login", {"email": disabled_email, "password": PASSWORD}, address=_address()
     )
-    overlong = await _refused(
-        auth, "login", {"email": email, "password": "x" * 500}, address=_address()
+    overlong = await auth.refused(
+        "login", {"email": email, "password": "x" * 500}, address=_address()
     )
 
     for error in (wrong, unknown, disabled, overlong):
@@ -218,18 +195,16 @@ async def test_account_is_locked_after_five_failures_with_a_growing_window(
     bad = {"email": email, "password": "definitely wrong password"}
 
     for attempt in range(1, 5):  # each from another address: only the account counts
-        error = await _refused(auth, "login", bad, address=_address())
+        error = await auth.refused("login", bad, address=_address())
         assert error.status == 401
         assert not await redis.exists(lock), f"locked after only {attempt} failures"
-    error = await _refused(auth, "login", bad, address=_address())
+    error = await auth.refused("login", bad, address=_address())
     assert error.status in (401, 429)
     first = await redis.pttl(lock)
     assert 0 < first <= 1000
 
     # the right password is refused while the account is locked, with the same answer
-    locked = await _refused(
-        auth, "login", {"email": email, "password": PASSWORD}, address=_address()
-    )
+    locked = await auth.refused("login", {"email": email, "password": PASSWORD}, address=_address())
     assert locked.status in (401, 429)
     assert locked.message == LOGIN_FAILED
     assert await redis.get(_fail_key(real, "acct", email)) == b"5"  # not counted while locked
@@ -238,13 +213,13 @@ async def test_account_is_locked_after_five_failures_with_a_growing_window(
     windows = []
     for _ in range(3):
         await redis.delete(lock)  # the lock ran out
-        await _refused(auth, "login", bad, address=_address())
+        await auth.refused("login", bad, address=_address())
         windows.append(await redis.pttl(lock))
     assert 1000 < windows[0] <= 2000
     assert 2000 < windows[1] <= 4000
     assert 4000 < windows[2] <= 8000
-    refused = await _refused(
-        auth, "login", {"email": email, "password": PASSWORD}, address=_address()
+    refused = await auth.refused(
+        "login", {"email": email, "password": PASSWORD}, address=_address()
     )
     assert refused.message == LOGIN_FAILED
 
@@ -260,8 +235,7 @@ async def test_a_client_address_failing_for_many_accounts_is_locked(
     _, email = await auth.user()
     address = _address()
     for i in range(20):
-        await _refused(
-            auth,
+        await auth.refused(
             "login",
             {"email": f"spray-{i}-{uuid.uuid4().hex[:8]}@example.org", "password": PASSWORD},
             address=address,
@@ -269,7 +243,7 @@ async def test_a_client_address_failing_for_many_accounts_is_locked(
     assert await redis.exists(_lock_key(real, "addr", address))
 
     # a real account with the right password is refused from that address...
-    refused = await _refused(auth, "login", {"email": email, "password": PASSWORD}, address=address)
+    refused = await auth.refused("login", {"email": email, "password": PASSWORD}, address=address)
     assert refused.status in (401, 429)
     assert refused.message == LOGIN_FAILED
     assert not await redis.exists(_lock_key(real, "acct", email))
@@ -290,7 +264,7 @@ async def test_refresh_rotates_and_the_old_token_is_refused(auth: AuthHarness) -
     assert second["refresh_token"] != first["refresh_token"]
     assert second["access_token"] != first["access_token"]
     assert str(auth.app.verifier.verify(second["access_token"]).user_id) == user_id
-    error = await _refused(auth, "refresh", {"refresh_token": first["refresh_token"]})
+    error = await auth.refused("refresh", {"refresh_token": first["refresh_token"]})
     assert error.status == 401
     assert error.code == "invalid_refresh_token"
 
@@ -302,11 +276,11 @@ async def test_reusing_a_rotated_refresh_token_revokes_the_whole_family(auth: Au
     second = await auth.call("refresh", {"refresh_token": first["refresh_token"]})
     third = await auth.call("refresh", {"refresh_token": second["refresh_token"]})
 
-    stolen = await _refused(auth, "refresh", {"refresh_token": first["refresh_token"]})
+    stolen = await auth.refused("refresh", {"refresh_token": first["refresh_token"]})
     assert stolen.status == 401
 
     # the newest token of the family is dead too
-    error = await _refused(auth, "refresh", {"refresh_token": third["refresh_token"]})
+    error = await auth.refused("refresh", {"refresh_token": third["refresh_token"]})
     assert error.status == 401
     # another session (another family) of the same account is not affected
     kept = await auth.call("refresh", {"refresh_token": other_device["refresh_token"]})
@@ -340,8 +314,8 @@ async def test_expired_and_unknown_refresh_tokens_are_refused(
         " WHERE token_hash = $1",
         hashlib.sha256(pair["refresh_token"].encode()).hexdigest(),
     )
-    expired = await _refused(auth, "refresh", {"refresh_token": pair["refresh_token"]})
-    unknown = await _refused(auth, "refresh", {"refresh_token": "cgr_" + uuid.uuid4().hex})
+    expired = await auth.refused("refresh", {"refresh_token": pair["refresh_token"]})
+    unknown = await auth.refused("refresh", {"refresh_token": "cgr_" + uuid.uuid4().hex})
     assert expired.status == unknown.status == 401
     assert expired.message == unknown.message
 
@@ -359,7 +333,7 @@ async def test_logout_revokes_the_session(auth: AuthHarness) -> None:
         "logged_out": True
     }
 
-    error = await _refused(auth, "refresh", {"refresh_token": rotated["refresh_token"]})
+    error = await auth.refused("refresh", {"refresh_token": rotated["refresh_token"]})
     assert error.status == 401
     # the other device stays logged in
     assert (await auth.call("refresh", {"refresh_token": other["refresh_token"]}))["access_token"]
@@ -391,10 +365,10 @@ async def test_disabled_user_is_shut_out_everywhere(
     await _eventually_refused(remote_verifier, access)
     # so does the auth service itself
     await _eventually_refused(auth.app.verifier, access)
-    error = await _refused(auth, "me", {}, token=access)
+    error = await auth.refused("me", {}, token=access)
     assert error.status == 401
     # refresh is refused
-    error = await _refused(auth, "refresh", {"refresh_token": pair["refresh_token"]})
+    error = await auth.refused("refresh", {"refresh_token": pair["refresh_token"]})
     assert error.status == 401
 
     # enabling again lets new logins work; the new token verifies everywhere
@@ -402,14 +376,14 @@ async def test_disabled_user_is_shut_out_everywhere(
     fresh = await auth.login(email)
     assert str((await _eventually_accepted(remote_verifier, fresh)).user_id) == user_id
     # the family revoked while disabled stays revoked
-    error = await _refused(auth, "refresh", {"refresh_token": pair["refresh_token"]})
+    error = await auth.refused("refresh", {"refresh_token": pair["refresh_token"]})
     assert error.status == 401
 
 
 async def test_admin_cannot_disable_themselves(auth: AuthHarness) -> None:
     admin_id, admin_email = await auth.user("admin")
     token = await auth.login(admin_email)
-    error = await _refused(auth, "users.disable", {"user_id": admin_id}, token=token)
+    error = await auth.refused("users.disable", {"user_id": admin_id}, token=token)
     assert error.status == 409
     me = await auth.call("me", token=token)
     assert me["status"] == "active"

@@ -26,8 +26,6 @@ from compgrid_runtime.errors import DomainError, Unauthorized
 from compgrid_runtime.tokens import (
     AUDIENCE,
     ISSUER,
-    JWKS_KEY,
-    KEYS_BUCKET,
     KeyWatcher,
     TokenVerifier,
 )
@@ -112,14 +110,6 @@ async def _wait_for(condition: Callable[[], bool], timeout_s: float = 5.0) -> No
         if asyncio.get_running_loop().time() > deadline:
             pytest.fail("condition not reached in time")
         await asyncio.sleep(0.05)
-
-
-async def _kv_jwks(auth: AuthHarness) -> dict[str, Any]:
-    kv = await auth.nc.jetstream().key_value(KEYS_BUCKET)
-    entry = await kv.get(JWKS_KEY)
-    assert entry.value is not None
-    jwks: dict[str, Any] = json.loads(entry.value)
-    return jwks
 
 
 async def _loaded_signer(auth: AuthHarness, ttl: timedelta) -> TokenSigner:
@@ -347,7 +337,7 @@ async def test_key_rotation_signs_with_a_new_key_and_old_tokens_keep_working(
     new_kid = rotated["kid"]
     assert new_kid != old_kid
     assert {old_kid, new_kid} <= set(rotated["keys"])
-    jwks = await _kv_jwks(auth)
+    jwks = await auth.published_jwks()
     published = {k["kid"] for k in jwks["keys"]}
     assert {old_kid, new_kid} <= published
     for jwk in jwks["keys"]:

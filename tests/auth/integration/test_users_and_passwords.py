@@ -6,7 +6,6 @@ import hashlib
 import re
 import time
 import uuid
-from collections.abc import AsyncIterator
 from email.message import Message
 from typing import Any
 
@@ -16,7 +15,6 @@ import pytest
 from compgrid_events.rpc import RpcReply, RpcRequest
 from compgrid_runtime.errors import DomainError
 from tests.auth.integration.conftest import PASSWORD, AuthHarness
-from tests.harness.servers import Servers
 
 pytestmark = [pytest.mark.postgres, pytest.mark.nats, pytest.mark.redis]
 
@@ -26,15 +24,6 @@ HTML_NAME = "<script>alert(1)</script>"
 TOKEN = re.compile(r"cgo_[A-Za-z0-9_-]+")
 
 
-@pytest.fixture
-async def db(real: Servers) -> AsyncIterator[asyncpg.Connection]:
-    conn = await asyncpg.connect(
-        real.database_url.replace("postgresql+asyncpg://", "postgresql://")
-    )
-    yield conn
-    await conn.close()
-
-
 def _email(tag: str = "u") -> str:
     return f"{tag}-{uuid.uuid4().hex[:12]}@example.org"
 
@@ -42,12 +31,6 @@ def _email(tag: str = "u") -> str:
 def _address() -> str:
     n = uuid.uuid4().int
     return f"172.{16 + n % 16}.{(n >> 8) % 250}.{(n >> 16) % 250}"
-
-
-async def _refused(auth: AuthHarness, operation: str, body: dict[str, Any], **kw: Any) -> Any:
-    with pytest.raises(DomainError) as caught:
-        await auth.call(operation, body, **kw)
-    return caught.value
 
 
 async def _create(auth: AuthHarness, email: str, password: str = PASSWORD, **extra: Any) -> Any:
@@ -84,9 +67,7 @@ async def _counts(db: asyncpg.Connection) -> tuple[int, int, int]:
 
 
 async def _login_refused(auth: AuthHarness, email: str, password: str) -> None:
-    error = await _refused(
-        auth, "login", {"email": email, "password": password}, address=_address()
-    )
+    error = await auth.refused("login", {"email": email, "password": password}, address=_address())
     assert error.status == 401
 
 
@@ -101,8 +82,7 @@ async def test_duplicate_email_is_a_conflict_case_insensitively(
     before = await _counts(db)
 
     for variant in (email, email.upper(), email.capitalize()):
-        error = await _refused(
-            auth,
+        error = await auth.refused(
             "users.create",
             {"email": variant, "display_name": "Twin", "password": PASSWORD},
             token=auth.tokens["admin"],
@@ -144,8 +124,7 @@ async def test_weak_and_overlong_passwords_are_refused_clearly(
 ) -> None:
     email = _email("weak")
     before = await _counts(db)
-    error = await _refused(
-        auth,
+    error = await auth.refused(
         "users.create",
         {"email": email, "display_name": "Weak", "password": password},
         token=auth.tokens["admin"],
@@ -158,8 +137,7 @@ async def test_weak_and_overlong_passwords_are_refused_clearly(
 
 async def test_password_equal_to_the_email_is_refused(auth: AuthHarness) -> None:
     email = _email("same")
-    error = await _refused(
-        auth,
+    error = await auth.refused(
         "users.create",
         {"email": email, "display_name": "Same", "password": email.upper()},
         token=auth.tokens["admin"],
@@ -187,8 +165,7 @@ async def test_overlong_passwords_are_refused_before_hashing(
     monkeypatch.setattr(auth.deps.hasher, "verify", spy_verify)
 
     # within the contract's cap but over the policy's: refused by the policy, no hash
-    error = await _refused(
-        auth,
+    error = await auth.refused(
         "users.create",
         {"email": _email("long"), "display_name": "Long", "password": "ab1-" * 250},
         token=auth.tokens["admin"],
@@ -196,8 +173,7 @@ async def test_overlong_passwords_are_refused_before_hashing(
     assert error.status == 422
     assert "at most 128" in error.message
     # over the contract's cap
-    error = await _refused(
-        auth,
+    error = await auth.refused(
         "users.create",
         {"email": _email("long"), "display_name": "Long", "password": "ab1-" * 600},
         token=auth.tokens["admin"],
@@ -234,8 +210,7 @@ async def test_overlong_passwords_are_refused_before_hashing(
     "email", ["not-an-email", "a@b", "two@@example.org", "sp ace@example.org", "x@localhost"]
 )
 async def test_invalid_emails_are_refused(auth: AuthHarness, email: str) -> None:
-    error = await _refused(
-        auth,
+    error = await auth.refused(
         "users.create",
         {"email": email, "display_name": "Bad", "password": PASSWORD},
         token=auth.tokens["admin"],
@@ -249,8 +224,7 @@ async def test_only_admins_create_users(auth: AuthHarness) -> None:
     _, pi_email = await auth.user("pi")
     pi = await auth.login(pi_email)
     email = _email()
-    error = await _refused(
-        auth,
+    error = await auth.refused(
         "users.create",
         {"email": email, "display_name": "X", "password": PASSWORD, "roles": ["admin"]},
         token=pi,
@@ -271,7 +245,7 @@ async def test_self_registration_follows_the_admin_setting(auth: AuthHarness) ->
         }
         email = _email("reg")
         body = {"email": email, "display_name": "Newcomer", "password": PASSWORD}
-        closed = await _refused(auth, "register", body)
+        closed = await auth.refused("register", body)
         assert closed.status == 403
         assert closed.code == "registration_closed"
         await _login_refused(auth, email, PASSWORD)
@@ -286,11 +260,11 @@ async def test_self_registration_follows_the_admin_setting(auth: AuthHarness) ->
         assert me["id"] == user["id"]
 
         # nobody registers themselves into a role, or twice
-        escalate = await _refused(auth, "register", {**body, "email": _email(), "roles": ["admin"]})
+        escalate = await auth.refused("register", {**body, "email": _email(), "roles": ["admin"]})
         assert escalate.status == 422
-        twice = await _refused(auth, "register", {**body, "email": email.upper()})
+        twice = await auth.refused("register", {**body, "email": email.upper()})
         assert twice.status == 409
-        weak = await _refused(auth, "register", {**body, "email": _email(), "password": "weak"})
+        weak = await auth.refused("register", {**body, "email": _email(), "password": "weak"})
         assert weak.status == 422
     finally:
         await auth.call("settings.update", original, token=admin)
@@ -298,8 +272,8 @@ async def test_self_registration_follows_the_admin_setting(auth: AuthHarness) ->
 
 async def test_only_admins_change_settings(auth: AuthHarness) -> None:
     _, email = await auth.user("pi")
-    error = await _refused(
-        auth, "settings.update", {"self_registration": True}, token=await auth.login(email)
+    error = await auth.refused(
+        "settings.update", {"self_registration": True}, token=await auth.login(email)
     )
     assert error.status == 403
 
@@ -342,8 +316,8 @@ async def test_invitation_mails_a_token_that_creates_the_member(auth: AuthHarnes
     assert detail["members"][invited["user_id"]] == "member"
 
     # the token works once
-    again = await _refused(
-        auth, "accept_invitation", {"token": token, "display_name": "X", "password": NEW_PASSWORD}
+    again = await auth.refused(
+        "accept_invitation", {"token": token, "display_name": "X", "password": NEW_PASSWORD}
     )
     assert again.status == 401
     assert await auth.login(email)  # the password did not change
@@ -355,8 +329,8 @@ async def test_a_weak_password_does_not_use_up_the_invitation(auth: AuthHarness)
     await auth.call("projects.invite", {"project_id": project["id"], "email": email}, token=pi)
     token = _token_in(auth.inbox.to(email)[0])
 
-    weak = await _refused(
-        auth, "accept_invitation", {"token": token, "display_name": "W", "password": "short"}
+    weak = await auth.refused(
+        "accept_invitation", {"token": token, "display_name": "W", "password": "short"}
     )
     assert weak.status == 422
 
@@ -482,10 +456,10 @@ async def test_reset_token_sets_a_new_password_once(
     assert await auth.login(email, NEW_PASSWORD)
     await _login_refused(auth, email, PASSWORD)
     # sessions started with the old password are over
-    error = await _refused(auth, "refresh", {"refresh_token": session["refresh_token"]})
+    error = await auth.refused("refresh", {"refresh_token": session["refresh_token"]})
     assert error.status == 401
     # the token works once
-    reused = await _refused(auth, "reset_password", {"token": token, "new_password": PASSWORD})
+    reused = await auth.refused("reset_password", {"token": token, "new_password": PASSWORD})
     assert reused.status == 401
     assert await auth.login(email, NEW_PASSWORD)
 
@@ -500,9 +474,9 @@ async def test_expired_or_unknown_reset_tokens_are_refused(
         " WHERE token_hash = $1",
         hashlib.sha256(token.encode()).hexdigest(),
     )
-    expired = await _refused(auth, "reset_password", {"token": token, "new_password": NEW_PASSWORD})
-    unknown = await _refused(
-        auth, "reset_password", {"token": "cgo_" + uuid.uuid4().hex, "new_password": NEW_PASSWORD}
+    expired = await auth.refused("reset_password", {"token": token, "new_password": NEW_PASSWORD})
+    unknown = await auth.refused(
+        "reset_password", {"token": "cgo_" + uuid.uuid4().hex, "new_password": NEW_PASSWORD}
     )
     assert expired.status == unknown.status == 401
     assert expired.message == unknown.message
@@ -512,7 +486,7 @@ async def test_expired_or_unknown_reset_tokens_are_refused(
 async def test_a_weak_new_password_does_not_use_up_the_reset_token(auth: AuthHarness) -> None:
     _, email = await auth.user()
     token = await _reset_token(auth, email)
-    weak = await _refused(auth, "reset_password", {"token": token, "new_password": "weak"})
+    weak = await auth.refused("reset_password", {"token": token, "new_password": "weak"})
     assert weak.status == 422
     assert weak.field == "password"
     assert await auth.login(email)  # unchanged
@@ -525,7 +499,7 @@ async def test_an_invitation_token_is_not_a_reset_token(auth: AuthHarness) -> No
     email = _email("invitee")
     await auth.call("projects.invite", {"project_id": project["id"], "email": email}, token=pi)
     token = _token_in(auth.inbox.to(email)[0])
-    error = await _refused(auth, "reset_password", {"token": token, "new_password": NEW_PASSWORD})
+    error = await auth.refused("reset_password", {"token": token, "new_password": NEW_PASSWORD})
     assert error.status == 401
     await _login_refused(auth, email, NEW_PASSWORD)
 
@@ -538,16 +512,14 @@ async def test_change_password_needs_the_current_one_and_ends_sessions(auth: Aut
     session = await auth.call("login", {"email": email, "password": PASSWORD}, address=_address())
     access = session["access_token"]
 
-    wrong = await _refused(
-        auth,
+    wrong = await auth.refused(
         "change_password",
         {"current_password": "not my password!", "new_password": NEW_PASSWORD},
         token=access,
     )
     assert wrong.status == 422
     assert wrong.field == "current_password"
-    weak = await _refused(
-        auth,
+    weak = await auth.refused(
         "change_password",
         {"current_password": PASSWORD, "new_password": "weak"},
         token=access,
@@ -567,12 +539,12 @@ async def test_change_password_needs_the_current_one_and_ends_sessions(auth: Aut
     )
 
     assert changed == {"changed": True}
-    error = await _refused(auth, "refresh", {"refresh_token": session["refresh_token"]})
+    error = await auth.refused("refresh", {"refresh_token": session["refresh_token"]})
     assert error.status == 401
     await _login_refused(auth, email, PASSWORD)
     assert await auth.login(email, NEW_PASSWORD)
-    anonymous = await _refused(
-        auth, "change_password", {"current_password": NEW_PASSWORD, "new_password": PASSWORD}
+    anonymous = await auth.refused(
+        "change_password", {"current_password": NEW_PASSWORD, "new_password": PASSWORD}
     )
     assert anonymous.status == 401
 
