@@ -13,6 +13,8 @@ import pytest
 import yaml
 
 from compgrid_runtime.mail import SmtpSettings
+from compgrid_runtime.natsconf import SERVICES as NATS_USERS
+from compgrid_runtime.natsconf import SETUP_USER, password_variable
 from compgrid_runtime.settings import Environment, ServiceSettings
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -38,6 +40,7 @@ def known_variables() -> set[str]:
             for choice in getattr(alias, "choices", ()):
                 names.add(str(choice).upper())
     names |= {f"COMPGRID_SMTP_{field_name.upper()}" for field_name in SmtpSettings.model_fields}
+    names |= {password_variable(user) for user in (*NATS_USERS, SETUP_USER)}  # nats-server's
     return names
 
 
@@ -114,6 +117,8 @@ def test_compose_production_settings_validate(
     settings = settings_class(service)()
     assert settings.environment is Environment.PRODUCTION
     assert settings.nats_url == "nats://nats:4222"
+    assert settings.nats_user == service  # its own NATS user
+    assert settings.nats_password is not None
     assert "@postgres:5432/" in settings.database_url
 
 
