@@ -154,6 +154,7 @@ def start_nats(stack: Stack) -> tuple[str, dict[str, str]]:
         port=port,
         config=ROOT / "deploy" / "nats" / "nats-server.conf",
         env={password_variable(user): password for user, password in passwords.items()},
+        own_session=True,
     ).start()
     stack.cleanups.append(nats.stop)
     say(f"nats: JetStream from the wheel on port {port}, one user per service")

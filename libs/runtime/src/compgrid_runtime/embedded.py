@@ -57,11 +57,13 @@ class EmbeddedNats:
         port: int | None = None,
         config: Path | None = None,
         env: dict[str, str] | None = None,
+        own_session: bool = False,
     ):
         self.store_dir = store_dir
         self.port = port or free_port()
         self.config = config
         self.env = env
+        self.own_session = own_session
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -85,13 +87,13 @@ class EmbeddedNats:
             args += ["-c", str(self.config)]
         self.store_dir.mkdir(parents=True, exist_ok=True)
         log = (self.store_dir / "nats-server.log").open("ab")
-        # Its own session: a Ctrl-C meant for `just dev` must not stop the bus before the services
-        # that drain into it; whoever started it stops it.
+        # own_session: a Ctrl-C meant for `just dev` must not stop the bus before the services
+        # that drain into it (the launcher stops it last). Tests keep it in their process group.
         self.process = subprocess.Popen(
             args,
             stdout=log,
             stderr=subprocess.STDOUT,
-            start_new_session=True,
+            start_new_session=self.own_session,
             env={**os.environ, **self.env} if self.env else None,
         )
         wait_for_port("127.0.0.1", self.port)
