@@ -147,7 +147,9 @@ def start_nats(stack: Stack) -> tuple[str, dict[str, str]]:
     if url := os.environ.get("COMPGRID_NATS_URL"):
         say("nats: COMPGRID_NATS_URL")
         return url, {}
-    passwords = {user: secrets.token_urlsafe(18) for user in (*NATS_USERS, SETUP_USER)}
+    # nats-server parses the variables it reads: a password that starts with a digit is taken
+    # for a number, so these start with a letter.
+    passwords = {user: "p" + secrets.token_hex(16) for user in (*NATS_USERS, SETUP_USER)}
     port = 4333 if not port_answers("127.0.0.1", 4333) else free_port()
     nats = EmbeddedNats(
         stack.state / "nats",

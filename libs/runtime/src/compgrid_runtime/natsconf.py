@@ -3,7 +3,8 @@
 ``compgrid-nats-config`` renders the ``authorization`` block of a nats-server configuration from
 the stream declarations, so the permissions cannot drift from the contracts. The committed
 ``deploy/nats/nats-server.conf`` is its output (a test compares them); passwords are not in it:
-nats-server reads ``$COMPGRID_NATS_PASSWORD_<USER>`` from its environment.
+nats-server reads ``$COMPGRID_NATS_PASSWORD_<USER>`` from its environment (and parses it: a password
+must start with a letter, or it is taken for a number).
 
 What a service may do:
 - publish the subjects of the streams it owns (through its outbox) and its dead letters;
