@@ -21,6 +21,7 @@ from faststream.nats import NatsBroker
 from faststream.security import SASLPlaintext
 from nats.aio.client import Client as NatsClient
 from nats.js import JetStreamContext
+from pydantic import ValidationError
 from sqlalchemy import MetaData
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -219,3 +220,20 @@ async def _bounded(step: str, work: Awaitable[Any], timeout_s: float) -> bool:
     if not task.cancelled() and (exc := task.exception()) is not None:
         log.warning("shutdown step failed", step=step, error=repr(exc))
     return True
+
+
+def run_service(factory: Callable[[], ServiceApp]) -> None:
+    """Build a service process from its settings and run it until SIGTERM/SIGINT.
+
+    Invalid settings end the process with status 2 and one line per problem, not a traceback.
+    """
+    try:
+        app = factory()
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in error['loc']) or 'settings'}: {error['msg']}"
+            for error in exc.errors()
+        )
+        print(f"invalid settings: {problems}", file=sys.stderr)
+        raise SystemExit(2) from None
+    asyncio.run(app.run())

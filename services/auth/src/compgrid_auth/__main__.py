@@ -6,6 +6,7 @@ import sys
 from compgrid_auth.bootstrap import bootstrap, build
 from compgrid_auth.config import Settings
 from compgrid_auth.use_cases.demo import seed_demo
+from compgrid_runtime.app import run_service
 
 
 async def _seed() -> None:
@@ -25,7 +26,7 @@ def main() -> None:
     if sys.argv[1:] == ["seed-demo"]:
         asyncio.run(_seed())
     else:
-        asyncio.run(bootstrap().run())
+        run_service(bootstrap)
 
 
 if __name__ == "__main__":

@@ -1,13 +1,12 @@
 """``compgrid-metering``: run the metering service process."""
 
-import asyncio
-
 from compgrid_metering.bootstrap import bootstrap
+from compgrid_runtime.app import run_service
 
 
 def main() -> None:
     """Run until SIGTERM or SIGINT."""
-    asyncio.run(bootstrap().run())
+    run_service(bootstrap)
 
 
 if __name__ == "__main__":
