@@ -1,0 +1,220 @@
+"""Atomic capacity claims on hosts.
+
+``place`` asks Postgres for the best few hosts that fit (filtered and weighed in SQL, then
+ranked by the domain), and claims the first one with one conditional ``UPDATE``: the row lock
+serialises concurrent claims on a host and the ``WHERE`` clause is re-checked against the
+committed row, so two requests can never both take the last capacity. If another request won
+the host in between, the next candidate is tried. The claim row (one per instance) records what
+to give back on ``release``; both run inside the caller's transaction.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from typing import Any
+from uuid import UUID
+
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from compgrid_inventory.domain.placement import (
+    ANYWHERE,
+    Constraints,
+    Demand,
+    HostView,
+    NoPlacement,
+    Strategy,
+    rank,
+)
+
+CANDIDATES = 8
+
+_HOST_COLUMNS = """
+    h.id, d.name AS datacenter, h.name, h.state, h.vcpus, h.memory_mib, h.disk_gib,
+    h.cpu_overcommit, h.memory_overcommit, h.gpus, h.labels, h.claimed_vcpus,
+    h.claimed_memory_mib, h.claimed_disk_gib, h.claimed_gpus
+"""
+_FITS = """
+    h.claimed_vcpus + :vcpus <= floor(h.vcpus * h.cpu_overcommit)
+    AND h.claimed_memory_mib + :memory_mib <= floor(h.memory_mib * h.memory_overcommit)
+    AND h.claimed_disk_gib + :disk_gib <= h.disk_gib
+"""
+_LOAD_AFTER = """
+    greatest(
+        (h.claimed_vcpus + :vcpus) / floor(h.vcpus * h.cpu_overcommit),
+        (h.claimed_memory_mib + :memory_mib) / floor(h.memory_mib * h.memory_overcommit)
+    )
+"""
+
+
+def _gpu_conditions(gpus: Mapping[str, int], params: dict[str, Any]) -> str:
+    clauses = []
+    for index, (model, count) in enumerate(sorted(gpus.items())):
+        params[f"gpu_model_{index}"] = model
+        params[f"gpu_count_{index}"] = count
+        clauses.append(
+            f" AND coalesce((h.gpus ->> :gpu_model_{index})::int, 0)"
+            f" - coalesce((h.claimed_gpus ->> :gpu_model_{index})::int, 0)"
+            f" >= :gpu_count_{index}"
+        )
+    return "".join(clauses)
+
+
+def _where(demand: Demand, constraints: Constraints, params: dict[str, Any]) -> str:
+    where = " WHERE TRUE"
+    if constraints.datacenter is not None:
+        params["datacenter"] = constraints.datacenter
+        where += " AND d.name = :datacenter"
+    if constraints.labels:
+        params["labels"] = json.dumps(dict(constraints.labels))
+        where += " AND h.labels @> CAST(:labels AS jsonb)"
+    return where
+
+
+def _host(row: Any) -> HostView:
+    return HostView(
+        id=row.id,
+        datacenter=row.datacenter,
+        name=row.name,
+        state=row.state,
+        vcpus=row.vcpus,
+        memory_mib=row.memory_mib,
+        disk_gib=row.disk_gib,
+        cpu_overcommit=row.cpu_overcommit,
+        memory_overcommit=row.memory_overcommit,
+        gpus=row.gpus,
+        labels=row.labels,
+        claimed_vcpus=row.claimed_vcpus,
+        claimed_memory_mib=row.claimed_memory_mib,
+        claimed_disk_gib=row.claimed_disk_gib,
+        claimed_gpus=row.claimed_gpus,
+    )
+
+
+async def candidates(
+    session: AsyncSession, demand: Demand, constraints: Constraints, strategy: Strategy
+) -> list[HostView]:
+    """Return up to ``CANDIDATES`` hosts that fit now, best first (NoPlacement when none)."""
+    params: dict[str, Any] = {
+        "vcpus": demand.vcpus,
+        "memory_mib": demand.memory_mib,
+        "disk_gib": demand.disk_gib,
+        "limit": CANDIDATES,
+    }
+    where = _where(demand, constraints, params)
+    order = "DESC" if strategy is Strategy.PACK else "ASC"
+    query = (
+        f"SELECT {_HOST_COLUMNS} FROM inventory.host h"
+        " JOIN inventory.datacenter d ON d.id = h.datacenter_id"
+        f"{where} AND h.state = 'active' AND {_FITS}{_gpu_conditions(demand.gpus, params)}"
+        f" ORDER BY {_LOAD_AFTER} {order}, h.name LIMIT :limit"
+    )
+    rows = (await session.execute(text(query), params)).all()
+    if rows:
+        return rank([_host(r) for r in rows], demand, constraints, strategy)
+    # Nothing fits: look at every eligible host once to say why.
+    everything = (
+        await session.execute(
+            text(
+                f"SELECT {_HOST_COLUMNS} FROM inventory.host h"
+                f" JOIN inventory.datacenter d ON d.id = h.datacenter_id{where}"
+            ),
+            params,
+        )
+    ).all()
+    return rank([_host(r) for r in everything], demand, constraints, strategy)
+
+
+async def claim_on(session: AsyncSession, host_id: UUID, instance_id: UUID, demand: Demand) -> bool:
+    """Claim the demand on one host for one instance; False when it no longer fits."""
+    params: dict[str, Any] = {
+        "host_id": host_id,
+        "vcpus": demand.vcpus,
+        "memory_mib": demand.memory_mib,
+        "disk_gib": demand.disk_gib,
+    }
+    gpu_set = "h.claimed_gpus"
+    for index in range(len(demand.gpus)):
+        gpu_set = (
+            f"({gpu_set} || jsonb_build_object(CAST(:gpu_model_{index} AS text),"
+            f" coalesce((h.claimed_gpus ->> :gpu_model_{index})::int, 0) + :gpu_count_{index}))"
+        )
+    conditions = _gpu_conditions(demand.gpus, params)
+    updated = await session.execute(
+        text(
+            "UPDATE inventory.host h SET"
+            " claimed_vcpus = h.claimed_vcpus + :vcpus,"
+            " claimed_memory_mib = h.claimed_memory_mib + :memory_mib,"
+            " claimed_disk_gib = h.claimed_disk_gib + :disk_gib,"
+            f" claimed_gpus = {gpu_set}, version = h.version + 1"
+            f" WHERE h.id = :host_id AND h.state = 'active' AND {_FITS}{conditions}"
+            " RETURNING h.id"
+        ),
+        params,
+    )
+    if updated.first() is None:
+        return False
+    await session.execute(
+        text(
+            "INSERT INTO inventory.claim (id, host_id, vcpus, memory_mib, disk_gib, gpus)"
+            " VALUES (:instance_id, :host_id, :vcpus, :memory_mib, :disk_gib,"
+            " CAST(:gpus AS jsonb))"
+        ),
+        {**params, "instance_id": instance_id, "gpus": json.dumps(dict(demand.gpus))},
+    )
+    return True
+
+
+async def place(
+    session: AsyncSession,
+    instance_id: UUID,
+    demand: Demand,
+    constraints: Constraints = ANYWHERE,
+    strategy: Strategy = Strategy.PACK,
+    attempts: int = 3,
+) -> HostView:
+    """Choose a host and claim it for the instance; raise NoPlacement with the reason."""
+    for _ in range(attempts):
+        for host in await candidates(session, demand, constraints, strategy):
+            if await claim_on(session, host.id, instance_id, demand):
+                return host
+    raise NoPlacement("no_capacity", "no active host has enough free capacity right now")
+
+
+async def release(session: AsyncSession, instance_id: UUID) -> bool:
+    """Give an instance's claim back to its host; False when it held none (idempotent)."""
+    gone = (
+        await session.execute(
+            text("DELETE FROM inventory.claim WHERE id = :id RETURNING *"), {"id": instance_id}
+        )
+    ).first()
+    if gone is None:
+        return False
+    gpu_set = "claimed_gpus"
+    params: dict[str, Any] = {
+        "host_id": gone.host_id,
+        "vcpus": gone.vcpus,
+        "memory_mib": gone.memory_mib,
+        "disk_gib": gone.disk_gib,
+    }
+    for index, (model, count) in enumerate(sorted(gone.gpus.items())):
+        params[f"gpu_model_{index}"] = model
+        params[f"gpu_count_{index}"] = count
+        gpu_set = (
+            f"({gpu_set} || jsonb_build_object(CAST(:gpu_model_{index} AS text),"
+            f" greatest(0, coalesce((claimed_gpus ->> :gpu_model_{index})::int, 0)"
+            f" - :gpu_count_{index})))"
+        )
+    await session.execute(
+        text(
+            "UPDATE inventory.host SET"
+            " claimed_vcpus = claimed_vcpus - :vcpus,"
+            " claimed_memory_mib = claimed_memory_mib - :memory_mib,"
+            " claimed_disk_gib = claimed_disk_gib - :disk_gib,"
+            f" claimed_gpus = {gpu_set}, version = version + 1"
+            " WHERE id = :host_id"
+        ),
+        params,
+    )
+    return True
