@@ -106,3 +106,11 @@ def test_datacenter_and_labels_filter_with_a_reason_naming_them() -> None:
 def test_absurd_demands_are_refused(kwargs: dict[str, object]) -> None:
     with pytest.raises(ValueError, match=r"at least 1 vCPU|must be positive"):
         Demand(**kwargs)  # type: ignore[arg-type]
+
+
+def test_work_without_gpus_keeps_off_gpu_hosts_while_others_fit() -> None:
+    gpu_host = host("gpu", gpus={"a100": 4}, claimed_vcpus=8)  # fuller: pack would pick it
+    plain = host("plain")
+    assert [h.name for h in rank([gpu_host, plain], SMALL)] == ["plain", "gpu"]
+    want_gpu = Demand(vcpus=2, memory_mib=4096, disk_gib=20, gpus={"a100": 1})
+    assert [h.name for h in rank([gpu_host, plain], want_gpu)] == ["gpu"]

@@ -10,12 +10,14 @@ to give back on ``release``; both run inside the caller's transaction.
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import json
 from collections.abc import Mapping
 from typing import Any
 from uuid import UUID
 
-from sqlalchemy import text
+from sqlalchemy import TextClause, text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from compgrid_inventory.domain.placement import (
@@ -46,6 +48,11 @@ _LOAD_AFTER = """
         (h.claimed_memory_mib + :memory_mib) / floor(h.memory_mib * h.memory_overcommit)
     )
 """
+
+
+def _spare_gpus(demand: Demand) -> str:
+    """Order prefix that keeps GPU hosts for GPU work (see ``placement.rank``)."""
+    return "" if demand.gpus else "(h.gpus <> '{}'::jsonb), "
 
 
 def _gpu_conditions(gpus: Mapping[str, int], params: dict[str, Any]) -> str:
@@ -108,7 +115,7 @@ async def candidates(
         f"SELECT {_HOST_COLUMNS} FROM inventory.host h"
         " JOIN inventory.datacenter d ON d.id = h.datacenter_id"
         f"{where} AND h.state = 'active' AND {_FITS}{_gpu_conditions(demand.gpus, params)}"
-        f" ORDER BY {_LOAD_AFTER} {order}, h.name LIMIT :limit"
+        f" ORDER BY {_spare_gpus(demand)}{_LOAD_AFTER} {order}, h.name LIMIT :limit"
     )
     rows = (await session.execute(text(query), params)).all()
     if rows:
@@ -166,19 +173,74 @@ async def claim_on(session: AsyncSession, host_id: UUID, instance_id: UUID, dema
     return True
 
 
+@functools.lru_cache(maxsize=256)
+def _claim_statement(
+    where: str, gpu_filter: str, gpu_set: str, order: str, skip_locked: bool = True
+) -> TextClause:
+    """Pick, claim and record in one statement (cached per shape of request)."""
+    return text(
+        "WITH chosen AS ("
+        " SELECT h.id FROM inventory.host h JOIN inventory.datacenter d ON d.id = h.datacenter_id"
+        f"{where} AND h.state = 'active' AND {_FITS}{gpu_filter}"
+        f" ORDER BY {order}, h.name LIMIT 1 FOR UPDATE OF h"
+        f"{' SKIP LOCKED' if skip_locked else ''}),"
+        " claimed AS ("
+        " UPDATE inventory.host h SET"
+        " claimed_vcpus = h.claimed_vcpus + :vcpus,"
+        " claimed_memory_mib = h.claimed_memory_mib + :memory_mib,"
+        " claimed_disk_gib = h.claimed_disk_gib + :disk_gib,"
+        f" claimed_gpus = {gpu_set}, version = h.version + 1"
+        " FROM chosen, inventory.datacenter d WHERE h.id = chosen.id AND d.id = h.datacenter_id"
+        f" RETURNING {_HOST_COLUMNS}),"
+        " recorded AS ("
+        " INSERT INTO inventory.claim (id, host_id, vcpus, memory_mib, disk_gib, gpus)"
+        " SELECT :instance_id, id, :vcpus, :memory_mib, :disk_gib, CAST(:gpus AS jsonb)"
+        " FROM claimed)"
+        " SELECT * FROM claimed"
+    )
+
+
 async def place(
     session: AsyncSession,
     instance_id: UUID,
     demand: Demand,
     constraints: Constraints = ANYWHERE,
     strategy: Strategy = Strategy.PACK,
-    attempts: int = 3,
+    attempts: int = 5,
 ) -> HostView:
-    """Choose a host and claim it for the instance; raise NoPlacement with the reason."""
-    for _ in range(attempts):
-        for host in await candidates(session, demand, constraints, strategy):
-            if await claim_on(session, host.id, instance_id, demand):
-                return host
+    """Choose a host and claim it for the instance; raise NoPlacement with the reason.
+
+    One statement picks the best host that fits and is not being claimed by a concurrent
+    transaction (``FOR UPDATE SKIP LOCKED``: concurrent requests spread over the next-best hosts
+    instead of queueing on one row) and claims it. When nothing comes back, the domain looks at
+    every eligible host to say why — or, when hosts fit but were all busy, it tries again.
+    """
+    params: dict[str, Any] = {
+        "vcpus": demand.vcpus,
+        "memory_mib": demand.memory_mib,
+        "disk_gib": demand.disk_gib,
+    }
+    where = _where(demand, constraints, params)
+    gpu_filter = _gpu_conditions(demand.gpus, params)
+    gpu_set = "h.claimed_gpus"
+    for index in range(len(demand.gpus)):
+        gpu_set = (
+            f"({gpu_set} || jsonb_build_object(CAST(:gpu_model_{index} AS text),"
+            f" coalesce((h.claimed_gpus ->> :gpu_model_{index})::int, 0) + :gpu_count_{index}))"
+        )
+    order = f"{_spare_gpus(demand)}{_LOAD_AFTER} {'DESC' if strategy is Strategy.PACK else 'ASC'}"
+    params["instance_id"] = instance_id
+    params["gpus"] = json.dumps(dict(demand.gpus))
+    for attempt in range(attempts):
+        # The last attempt waits for busy hosts instead of skipping them, so a host that is
+        # only being looked at by someone else is never reported as full.
+        last = attempt == attempts - 1
+        statement = _claim_statement(where, gpu_filter, gpu_set, order, skip_locked=not last)
+        row = (await session.execute(statement, params)).first()
+        if row is not None:
+            return _host(row)
+        await candidates(session, demand, constraints, strategy)  # raises with the reason
+        await asyncio.sleep(0.005 * (attempt + 1))  # hosts fit but were being claimed
     raise NoPlacement("no_capacity", "no active host has enough free capacity right now")
 
 

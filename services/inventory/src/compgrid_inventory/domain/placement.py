@@ -4,8 +4,10 @@ Filters drop hosts that cannot take the instance: not ``active``, another datace
 labels, not enough vCPU or memory (after the host's overcommit ratio), disk or GPUs of the
 model asked for. Weighers order what is left: ``pack`` fills the fullest host first (fewer
 hosts busy, whole hosts free for big requests), ``spread`` the emptiest (less noise between
-neighbours). A datacenter chooses one. Pure functions: the claim itself is an atomic update in
-Postgres (``adapters/claims.py``), so a decision here is only a proposal.
+neighbours). A datacenter chooses one. Before either, work without GPUs avoids GPU hosts, so
+their GPUs do not become unreachable behind CPU and memory taken by other work. Pure
+functions: the claim itself is an atomic update in Postgres (``adapters/claims.py``, which
+applies the same order in SQL), so a decision here is only a proposal.
 """
 
 from __future__ import annotations
@@ -161,4 +163,9 @@ def rank(
     if not fitting:
         raise NoPlacement("no_capacity", "no active host has enough free capacity right now")
     sign = -1.0 if strategy is Strategy.PACK else 1.0
-    return sorted(fitting, key=lambda h: (sign * h.load_after(demand), h.name))
+
+    def weight(h: HostView) -> tuple[bool, float, str]:
+        # GPU hosts go last for work without GPUs, so GPUs stay reachable for GPU work.
+        return (bool(h.gpus) and not demand.gpus, sign * h.load_after(demand), h.name)
+
+    return sorted(fitting, key=weight)
