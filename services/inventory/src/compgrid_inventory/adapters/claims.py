@@ -38,21 +38,20 @@ _HOST_COLUMNS = """
     h.claimed_memory_mib, h.claimed_disk_gib, h.claimed_gpus
 """
 _FITS = """
-    h.claimed_vcpus + :vcpus <= floor(h.vcpus * h.cpu_overcommit)
+    h.free_vcpus >= :vcpus
     AND h.claimed_memory_mib + :memory_mib <= floor(h.memory_mib * h.memory_overcommit)
     AND h.claimed_disk_gib + :disk_gib <= h.disk_gib
 """
-_LOAD_AFTER = """
-    greatest(
-        (h.claimed_vcpus + :vcpus) / floor(h.vcpus * h.cpu_overcommit),
-        (h.claimed_memory_mib + :memory_mib) / floor(h.memory_mib * h.memory_overcommit)
-    )
-"""
 
 
-def _spare_gpus(demand: Demand) -> str:
-    """Order prefix that keeps GPU hosts for GPU work (see ``placement.rank``)."""
-    return "" if demand.gpus else "(h.gpus <> '{}'::jsonb), "
+def _order(strategy: Strategy) -> str:
+    """The weighers of ``placement.rank`` in SQL, in the order of ``ix_host_placement``.
+
+    Hosts without GPUs first (for GPU demands every candidate has GPUs, so it changes nothing),
+    then fewest free vCPUs left (pack) or most (spread), then name.
+    """
+    direction = "ASC" if strategy is Strategy.PACK else "DESC"
+    return f"h.has_gpus, h.free_vcpus {direction}, h.name"
 
 
 def _gpu_conditions(gpus: Mapping[str, int], params: dict[str, Any]) -> str:
@@ -72,7 +71,9 @@ def _where(demand: Demand, constraints: Constraints, params: dict[str, Any]) -> 
     where = " WHERE TRUE"
     if constraints.datacenter is not None:
         params["datacenter"] = constraints.datacenter
-        where += " AND d.name = :datacenter"
+        where += (
+            " AND h.datacenter_id = (SELECT id FROM inventory.datacenter WHERE name = :datacenter)"
+        )
     if constraints.labels:
         params["labels"] = json.dumps(dict(constraints.labels))
         where += " AND h.labels @> CAST(:labels AS jsonb)"
@@ -110,12 +111,11 @@ async def candidates(
         "limit": CANDIDATES,
     }
     where = _where(demand, constraints, params)
-    order = "DESC" if strategy is Strategy.PACK else "ASC"
     query = (
         f"SELECT {_HOST_COLUMNS} FROM inventory.host h"
         " JOIN inventory.datacenter d ON d.id = h.datacenter_id"
         f"{where} AND h.state = 'active' AND {_FITS}{_gpu_conditions(demand.gpus, params)}"
-        f" ORDER BY {_spare_gpus(demand)}{_LOAD_AFTER} {order}, h.name LIMIT :limit"
+        f" ORDER BY {_order(strategy)} LIMIT :limit"
     )
     rows = (await session.execute(text(query), params)).all()
     if rows:
@@ -180,9 +180,8 @@ def _claim_statement(
     """Pick, claim and record in one statement (cached per shape of request)."""
     return text(
         "WITH chosen AS ("
-        " SELECT h.id FROM inventory.host h JOIN inventory.datacenter d ON d.id = h.datacenter_id"
-        f"{where} AND h.state = 'active' AND {_FITS}{gpu_filter}"
-        f" ORDER BY {order}, h.name LIMIT 1 FOR UPDATE OF h"
+        f" SELECT h.id FROM inventory.host h{where} AND h.state = 'active' AND {_FITS}{gpu_filter}"
+        f" ORDER BY {order} LIMIT 1 FOR UPDATE OF h"
         f"{' SKIP LOCKED' if skip_locked else ''}),"
         " claimed AS ("
         " UPDATE inventory.host h SET"
@@ -228,7 +227,7 @@ async def place(
             f"({gpu_set} || jsonb_build_object(CAST(:gpu_model_{index} AS text),"
             f" coalesce((h.claimed_gpus ->> :gpu_model_{index})::int, 0) + :gpu_count_{index}))"
         )
-    order = f"{_spare_gpus(demand)}{_LOAD_AFTER} {'DESC' if strategy is Strategy.PACK else 'ASC'}"
+    order = _order(strategy)
     params["instance_id"] = instance_id
     params["gpus"] = json.dumps(dict(demand.gpus))
     for attempt in range(attempts):

@@ -6,10 +6,13 @@ last free vCPU. GPUs are counted per model in JSONB maps (``{"a100": 4}``).
 """
 
 from sqlalchemy import (
+    Boolean,
     CheckConstraint,
     Column,
+    Computed,
     DateTime,
     ForeignKey,
+    Index,
     Integer,
     Numeric,
     String,
@@ -60,9 +63,25 @@ host = Table(
     Column("claimed_memory_mib", Integer, nullable=False, server_default="0"),
     Column("claimed_disk_gib", Integer, nullable=False, server_default="0"),
     Column("claimed_gpus", JSONB, nullable=False, server_default=text("'{}'::jsonb")),
+    # Kept by Postgres from the columns above, so placement can read hosts in the order it
+    # wants from an index instead of sorting every host.
+    Column(
+        "free_vcpus",
+        Integer,
+        Computed("floor(vcpus * cpu_overcommit)::int - claimed_vcpus", persisted=True),
+    ),
+    Column("has_gpus", Boolean, Computed("gpus <> '{}'::jsonb", persisted=True)),
     Column("version", Integer, nullable=False, server_default="1"),
     _created_at(),
     UniqueConstraint("datacenter_id", "name", name="uq_host_datacenter_name"),
+    Index(
+        "ix_host_placement",
+        "datacenter_id",
+        "has_gpus",
+        "free_vcpus",
+        "name",
+        postgresql_where=text("state = 'active'"),
+    ),
     CheckConstraint("state IN ('active', 'maintenance', 'down')", name="state_known"),
     CheckConstraint("vcpus > 0 AND memory_mib > 0 AND disk_gib >= 0", name="capacity_positive"),
     CheckConstraint(

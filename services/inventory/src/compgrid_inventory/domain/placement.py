@@ -2,12 +2,12 @@
 
 Filters drop hosts that cannot take the instance: not ``active``, another datacenter, missing
 labels, not enough vCPU or memory (after the host's overcommit ratio), disk or GPUs of the
-model asked for. Weighers order what is left: ``pack`` fills the fullest host first (fewer
-hosts busy, whole hosts free for big requests), ``spread`` the emptiest (less noise between
-neighbours). A datacenter chooses one. Before either, work without GPUs avoids GPU hosts, so
-their GPUs do not become unreachable behind CPU and memory taken by other work. Pure
-functions: the claim itself is an atomic update in Postgres (``adapters/claims.py``, which
-applies the same order in SQL), so a decision here is only a proposal.
+model asked for. Weighers order what is left: hosts with GPUs come last (so work without GPUs
+does not leave GPUs unreachable behind CPU and memory it took), then ``pack`` takes the host
+with the fewest free vCPUs (fewer hosts busy, whole hosts free for big requests) and
+``spread`` the one with the most (less noise between neighbours); a datacenter chooses one.
+Pure functions: the claim itself is an atomic update in Postgres (``adapters/claims.py``, which
+orders hosts the same way in SQL), so a decision here is only a proposal.
 """
 
 from __future__ import annotations
@@ -102,15 +102,10 @@ class HostView:
         )
         return empty.fits(demand)
 
-    def load_after(self, demand: Demand) -> float:
-        """The host's fullest dimension (0..1) once the demand is placed."""
-        parts = [
-            (self.claimed_vcpus + demand.vcpus) / self.vcpu_limit,
-            (self.claimed_memory_mib + demand.memory_mib) / self.memory_limit,
-        ]
-        if self.disk_gib:
-            parts.append((self.claimed_disk_gib + demand.disk_gib) / self.disk_gib)
-        return max(parts)
+    @property
+    def free_vcpus(self) -> int:
+        """vCPUs that may still be claimed."""
+        return self.vcpu_limit - self.claimed_vcpus
 
 
 @dataclass(frozen=True, slots=True)
@@ -162,10 +157,11 @@ def rank(
     fitting = [h for h in eligible if h.state == "active" and h.fits(demand)]
     if not fitting:
         raise NoPlacement("no_capacity", "no active host has enough free capacity right now")
-    sign = -1.0 if strategy is Strategy.PACK else 1.0
+    sign = 1 if strategy is Strategy.PACK else -1
 
-    def weight(h: HostView) -> tuple[bool, float, str]:
-        # GPU hosts go last for work without GPUs, so GPUs stay reachable for GPU work.
-        return (bool(h.gpus) and not demand.gpus, sign * h.load_after(demand), h.name)
+    def weight(h: HostView) -> tuple[bool, int, str]:
+        # GPU hosts go last (for GPU work every candidate has GPUs), then the fewest free vCPUs
+        # (pack) or the most (spread); the SQL of adapters/claims.py orders the same way.
+        return (bool(h.gpus), sign * h.free_vcpus, h.name)
 
     return sorted(fitting, key=weight)
