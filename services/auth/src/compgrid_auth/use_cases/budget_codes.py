@@ -6,6 +6,7 @@ exact projections; an update names the version it was based on, so no change is 
 
 from __future__ import annotations
 
+import itertools
 from datetime import date
 from decimal import Decimal
 from typing import Any
@@ -67,7 +68,12 @@ def _check(valid_from: date, valid_to: date, thresholds: tuple[Decimal, ...]) ->
         raise Invalid(
             "soft_thresholds_percent: each between 0 and 1000", field="soft_thresholds_percent"
         )
-    return sorted(set(thresholds))
+    if any(later <= earlier for earlier, later in itertools.pairwise(thresholds)):
+        raise Invalid(
+            "soft_thresholds_percent: list them in increasing order, each once",
+            field="soft_thresholds_percent",
+        )
+    return list(thresholds)
 
 
 async def create_budget_code(
@@ -111,7 +117,10 @@ async def update_budget_code(
 ) -> BudgetCodePublic:
     """Change a grant, refusing when it changed since ``expected_version``."""
     async with deps.uow() as uow:
-        current = await get_budget_code(uow.session, body.budget_code_id, lock=True)
+        try:
+            current = await get_budget_code(uow.session, body.budget_code_id, lock=True)
+        except NotFound:  # the same answer an outsider gets for a code that exists
+            raise NotFound("no such project") from None
         await _require_manager(uow, caller, current.project_id)
         if current.version != body.expected_version:
             raise Conflict(f"budget code is at version {current.version}", code="version_mismatch")
@@ -121,7 +130,9 @@ async def update_budget_code(
         if thresholds is not None:
             changes["soft_thresholds"] = thresholds
         changes["soft_thresholds"] = _check(
-            merged["valid_from"], merged["valid_to"], tuple(thresholds or current.soft_thresholds)
+            merged["valid_from"],
+            merged["valid_to"],
+            tuple(current.soft_thresholds if thresholds is None else thresholds),
         )
         row = (
             await uow.session.execute(
