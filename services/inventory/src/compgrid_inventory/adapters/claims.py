@@ -1,11 +1,12 @@
 """Atomic capacity claims on hosts.
 
-``place`` asks Postgres for the best few hosts that fit (filtered and weighed in SQL, then
-ranked by the domain), and claims the first one with one conditional ``UPDATE``: the row lock
-serialises concurrent claims on a host and the ``WHERE`` clause is re-checked against the
-committed row, so two requests can never both take the last capacity. If another request won
-the host in between, the next candidate is tried. The claim row (one per instance) records what
-to give back on ``release``; both run inside the caller's transaction.
+``place`` runs one statement that picks the best active host that fits (read in weigher order
+from ``ix_host_placement``), locks it — skipping hosts another transaction is claiming, so
+concurrent requests spread over the next-best hosts — adds the demand to its claimed counters
+and records the claim row (one per instance). Postgres re-checks the fit against the committed
+row under the lock, and a check constraint refuses any overcommit, so two requests can never
+both take the last capacity. When nothing fits, ``candidates`` lets the domain say why.
+``release`` gives a claim back; both run inside the caller's transaction.
 """
 
 from __future__ import annotations
@@ -54,17 +55,37 @@ def _order(strategy: Strategy) -> str:
     return f"h.has_gpus, h.free_vcpus {direction}, h.name"
 
 
-def _gpu_conditions(gpus: Mapping[str, int], params: dict[str, Any]) -> str:
-    clauses = []
+def _gpu_params(gpus: Mapping[str, int], params: dict[str, Any]) -> int:
+    """Bind ``gpu_model_<i>``/``gpu_count_<i>`` for each GPU model; return how many."""
     for index, (model, count) in enumerate(sorted(gpus.items())):
         params[f"gpu_model_{index}"] = model
         params[f"gpu_count_{index}"] = count
-        clauses.append(
-            f" AND coalesce((h.gpus ->> :gpu_model_{index})::int, 0)"
-            f" - coalesce((h.claimed_gpus ->> :gpu_model_{index})::int, 0)"
-            f" >= :gpu_count_{index}"
+    return len(gpus)
+
+
+def _gpu_conditions(gpus: Mapping[str, int], params: dict[str, Any]) -> str:
+    return "".join(
+        f" AND coalesce((h.gpus ->> :gpu_model_{index})::int, 0)"
+        f" - coalesce((h.claimed_gpus ->> :gpu_model_{index})::int, 0)"
+        f" >= :gpu_count_{index}"
+        for index in range(_gpu_params(gpus, params))
+    )
+
+
+def _claimed_gpus_after(models: int, *, giving_back: bool) -> str:
+    """SQL for ``h.claimed_gpus`` once the bound GPU counts are added (or given back)."""
+    expression = "h.claimed_gpus"
+    for index in range(models):
+        current = f"coalesce((h.claimed_gpus ->> :gpu_model_{index})::int, 0)"
+        after = (
+            f"greatest(0, {current} - :gpu_count_{index})"
+            if giving_back
+            else f"{current} + :gpu_count_{index}"
         )
-    return "".join(clauses)
+        expression = (
+            f"({expression} || jsonb_build_object(CAST(:gpu_model_{index} AS text), {after}))"
+        )
+    return expression
 
 
 def _where(demand: Demand, constraints: Constraints, params: dict[str, Any]) -> str:
@@ -133,46 +154,6 @@ async def candidates(
     return rank([_host(r) for r in everything], demand, constraints, strategy)
 
 
-async def claim_on(session: AsyncSession, host_id: UUID, instance_id: UUID, demand: Demand) -> bool:
-    """Claim the demand on one host for one instance; False when it no longer fits."""
-    params: dict[str, Any] = {
-        "host_id": host_id,
-        "vcpus": demand.vcpus,
-        "memory_mib": demand.memory_mib,
-        "disk_gib": demand.disk_gib,
-    }
-    gpu_set = "h.claimed_gpus"
-    for index in range(len(demand.gpus)):
-        gpu_set = (
-            f"({gpu_set} || jsonb_build_object(CAST(:gpu_model_{index} AS text),"
-            f" coalesce((h.claimed_gpus ->> :gpu_model_{index})::int, 0) + :gpu_count_{index}))"
-        )
-    conditions = _gpu_conditions(demand.gpus, params)
-    updated = await session.execute(
-        text(
-            "UPDATE inventory.host h SET"
-            " claimed_vcpus = h.claimed_vcpus + :vcpus,"
-            " claimed_memory_mib = h.claimed_memory_mib + :memory_mib,"
-            " claimed_disk_gib = h.claimed_disk_gib + :disk_gib,"
-            f" claimed_gpus = {gpu_set}, version = h.version + 1"
-            f" WHERE h.id = :host_id AND h.state = 'active' AND {_FITS}{conditions}"
-            " RETURNING h.id"
-        ),
-        params,
-    )
-    if updated.first() is None:
-        return False
-    await session.execute(
-        text(
-            "INSERT INTO inventory.claim (id, host_id, vcpus, memory_mib, disk_gib, gpus)"
-            " VALUES (:instance_id, :host_id, :vcpus, :memory_mib, :disk_gib,"
-            " CAST(:gpus AS jsonb))"
-        ),
-        {**params, "instance_id": instance_id, "gpus": json.dumps(dict(demand.gpus))},
-    )
-    return True
-
-
 @functools.lru_cache(maxsize=256)
 def _claim_statement(
     where: str, gpu_filter: str, gpu_set: str, order: str, skip_locked: bool = True
@@ -221,12 +202,7 @@ async def place(
     }
     where = _where(demand, constraints, params)
     gpu_filter = _gpu_conditions(demand.gpus, params)
-    gpu_set = "h.claimed_gpus"
-    for index in range(len(demand.gpus)):
-        gpu_set = (
-            f"({gpu_set} || jsonb_build_object(CAST(:gpu_model_{index} AS text),"
-            f" coalesce((h.claimed_gpus ->> :gpu_model_{index})::int, 0) + :gpu_count_{index}))"
-        )
+    gpu_set = _claimed_gpus_after(len(demand.gpus), giving_back=False)
     order = _order(strategy)
     params["instance_id"] = instance_id
     params["gpus"] = json.dumps(dict(demand.gpus))
@@ -252,29 +228,21 @@ async def release(session: AsyncSession, instance_id: UUID) -> bool:
     ).first()
     if gone is None:
         return False
-    gpu_set = "claimed_gpus"
     params: dict[str, Any] = {
         "host_id": gone.host_id,
         "vcpus": gone.vcpus,
         "memory_mib": gone.memory_mib,
         "disk_gib": gone.disk_gib,
     }
-    for index, (model, count) in enumerate(sorted(gone.gpus.items())):
-        params[f"gpu_model_{index}"] = model
-        params[f"gpu_count_{index}"] = count
-        gpu_set = (
-            f"({gpu_set} || jsonb_build_object(CAST(:gpu_model_{index} AS text),"
-            f" greatest(0, coalesce((claimed_gpus ->> :gpu_model_{index})::int, 0)"
-            f" - :gpu_count_{index})))"
-        )
+    gpu_set = _claimed_gpus_after(_gpu_params(gone.gpus, params), giving_back=True)
     await session.execute(
         text(
-            "UPDATE inventory.host SET"
-            " claimed_vcpus = claimed_vcpus - :vcpus,"
-            " claimed_memory_mib = claimed_memory_mib - :memory_mib,"
-            " claimed_disk_gib = claimed_disk_gib - :disk_gib,"
-            f" claimed_gpus = {gpu_set}, version = version + 1"
-            " WHERE id = :host_id"
+            "UPDATE inventory.host h SET"
+            " claimed_vcpus = h.claimed_vcpus - :vcpus,"
+            " claimed_memory_mib = h.claimed_memory_mib - :memory_mib,"
+            " claimed_disk_gib = h.claimed_disk_gib - :disk_gib,"
+            f" claimed_gpus = {gpu_set}, version = h.version + 1"
+            " WHERE h.id = :host_id"
         ),
         params,
     )
