@@ -328,6 +328,11 @@ def main() -> int:
         logins = run_step(
             "seeding the demo", [sys.executable, "-m", "compgrid_auth", "seed-demo"], env
         )
+        logins += run_step(
+            "seeding the demo catalogue",
+            [sys.executable, "-m", "compgrid_inventory", "seed-demo"],
+            env,
+        )
         start_services(stack, urls, passwords)
         wait_ready(stack, args.ready_timeout)
         gateway = stack.health["gateway"]

@@ -9,7 +9,10 @@ import nats
 import pytest
 from nats.aio.client import Client as NatsClient
 
+from tests.harness.auth import auth, db, smtp
 from tests.harness.servers import Servers, create_database, drop_database, servers
+
+__all__ = ["auth", "db", "smtp"]  # fixtures shared by every service's tests
 
 
 @pytest.fixture(scope="session")

@@ -43,6 +43,9 @@ class BudgetStatusChanged(_BudgetEvent):
     available: Money = Field(description="funding minus charges minus holds")
     version: int = Field(ge=1)
     runs_out_on: date | None = None
+    held_instance_ids: tuple[UUID, ...] = Field(
+        default=(), description="instances whose admission holds ``available`` already counts"
+    )
 
 
 class BudgetThresholdCrossed(_BudgetEvent):

@@ -87,6 +87,44 @@ class InstanceRequested(_InstanceEvent):
     lease_ends_at: UtcDatetime | None = None
 
 
+class ApprovalRequested(_InstanceEvent):
+    """A request waits in ``pending_approval`` for the project's PI (notifies the PIs)."""
+
+    subject_template = "inventory.instance.approval_requested"
+    stream = INVENTORY
+    name: str
+    project_id: UUID
+    requested_by: UUID
+    instance_type: str
+    hourly_price: Decimal
+    currency: Currency
+    why: str = Field(description="what made the request need approval")
+
+
+class ApprovalDecided(_InstanceEvent):
+    """A PI approved or denied a waiting request (notifies the requester)."""
+
+    subject_template = "inventory.instance.approval_decided"
+    stream = INVENTORY
+    project_id: UUID
+    requested_by: UUID
+    decided_by: UUID
+    approved: bool
+    reason: str = ""
+
+
+class LeaseExpiring(_InstanceEvent):
+    """An instance's lease ends soon: it is stopped then, and deleted after the grace period."""
+
+    subject_template = "inventory.instance.lease_expiring"
+    stream = INVENTORY
+    name: str
+    project_id: UUID
+    owner: UUID
+    lease_ends_at: UtcDatetime
+    deleted_after: UtcDatetime
+
+
 class InstanceRejected(_InstanceEvent):
     """A request was refused (quota, budget, no capacity, denied) with the reason."""
 
@@ -123,6 +161,9 @@ class InstanceScheduled(_ProvisionCommand):
     budget_code_id: UUID
     resources: Resources
     image: str
+    image_source: str = Field(default="", description="path or URL on the provisioner side")
+    image_format: str = "qcow2"
+    default_user: str = "compgrid"
     ssh_public_key: str | None = None
 
 
@@ -156,9 +197,12 @@ class InstanceDeleteRequested(_ProvisionCommand):
 
 
 class HostRegistered(Event):
-    """A host joined a datacenter or changed (state, capacity, labels)."""
+    """A host joined a datacenter or changed (state, capacity, labels); full state each time.
 
-    subject_template = "inventory.host.registered"
+    The provisioner of ``datacenter`` keeps one libvirt connection per host from these.
+    """
+
+    subject_template = "inventory.host.{datacenter}.registered"
     stream = INVENTORY
     host_id: UUID
     name: str
@@ -167,6 +211,7 @@ class HostRegistered(Event):
     state: HostState
     capacity: Resources
     labels: dict[str, str] = Field(default_factory=dict)
+    version: int = Field(default=1, ge=1, description="grows with every change of the host")
 
     @property
     def aggregate_id(self) -> str:

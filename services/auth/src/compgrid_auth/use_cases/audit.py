@@ -8,9 +8,9 @@ from uuid import UUID
 from sqlalchemy import insert, select
 
 from compgrid_auth.adapters.tables import audit_entry
-from compgrid_auth.domain.access import require_role
 from compgrid_auth.use_cases.deps import Deps
 from compgrid_events.auth_api import AuditEntryPublic, ListAudit, Page
+from compgrid_runtime.access import require_role
 from compgrid_runtime.rpc import Caller
 from compgrid_runtime.uow import UnitOfWork
 

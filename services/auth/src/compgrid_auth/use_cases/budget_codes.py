@@ -22,7 +22,6 @@ from compgrid_auth.adapters.repository import (
     member_role,
 )
 from compgrid_auth.adapters.tables import budget_code
-from compgrid_auth.domain.access import require_project_manager, require_project_reader
 from compgrid_auth.use_cases.audit import record
 from compgrid_auth.use_cases.deps import Deps
 from compgrid_events import Money, uuid7
@@ -34,6 +33,7 @@ from compgrid_events.auth_api import (
     ListBudgetCodes,
     UpdateBudgetCode,
 )
+from compgrid_runtime.access import require_project_manager, require_project_reader
 from compgrid_runtime.errors import Conflict, Invalid, NotFound
 from compgrid_runtime.rpc import Caller
 from compgrid_runtime.uow import UnitOfWork

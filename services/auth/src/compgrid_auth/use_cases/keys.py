@@ -6,11 +6,11 @@ from sqlalchemy import any_, literal, select, text
 
 from compgrid_auth.adapters.keys import publish_disabled, publish_jwks
 from compgrid_auth.adapters.tables import user_account
-from compgrid_auth.domain.access import require_role
 from compgrid_auth.use_cases.audit import record
 from compgrid_auth.use_cases.deps import Deps
 from compgrid_auth.use_cases.users import insert_user
 from compgrid_events.auth import Role
+from compgrid_runtime.access import require_role
 from compgrid_runtime.logs import get_logger
 from compgrid_runtime.rpc import Caller
 from compgrid_runtime.tokens import KeyWatcher, TokenVerifier

@@ -17,11 +17,6 @@ from compgrid_auth.adapters.repository import (
     project_members,
 )
 from compgrid_auth.adapters.tables import membership, project
-from compgrid_auth.domain.access import (
-    require_project_manager,
-    require_project_reader,
-    require_role,
-)
 from compgrid_auth.domain.emails import normalise_email
 from compgrid_auth.use_cases.audit import record
 from compgrid_auth.use_cases.deps import Deps
@@ -38,6 +33,11 @@ from compgrid_events.auth_api import (
     ProjectPublic,
     ProjectRef,
     RemoveMember,
+)
+from compgrid_runtime.access import (
+    require_project_manager,
+    require_project_reader,
+    require_role,
 )
 from compgrid_runtime.errors import Conflict, Invalid
 from compgrid_runtime.mail import Mail

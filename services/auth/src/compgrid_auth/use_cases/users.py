@@ -10,7 +10,6 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from compgrid_auth.adapters.keys import publish_disabled
 from compgrid_auth.adapters.repository import get_user, setting_enabled, user_projects
 from compgrid_auth.adapters.tables import platform_setting, user_account
-from compgrid_auth.domain.access import require_role
 from compgrid_auth.domain.emails import normalise_email
 from compgrid_auth.domain.passwords import check_password
 from compgrid_auth.use_cases.audit import record
@@ -27,6 +26,7 @@ from compgrid_events.auth_api import (
     UserPublic,
     UserRef,
 )
+from compgrid_runtime.access import require_role
 from compgrid_runtime.errors import Conflict, Forbidden
 from compgrid_runtime.rpc import Caller
 from compgrid_runtime.uow import UnitOfWork

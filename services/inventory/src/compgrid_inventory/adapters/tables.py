@@ -10,6 +10,7 @@ from sqlalchemy import (
     CheckConstraint,
     Column,
     Computed,
+    Date,
     DateTime,
     ForeignKey,
     Index,
@@ -111,5 +112,168 @@ claim = Table(
     Column("memory_mib", Integer, nullable=False),
     Column("disk_gib", Integer, nullable=False),
     Column("gpus", JSONB, nullable=False, server_default=text("'{}'::jsonb")),
+    _created_at(),
+)
+
+image = Table(
+    "image",
+    metadata,
+    Column("id", Uuid, primary_key=True),
+    Column("name", String(64), nullable=False, unique=True),
+    Column("system_type", String(64), nullable=False, index=True),
+    Column("format", String(16), nullable=False),
+    Column("source", String(1000), nullable=False),
+    Column("default_user", String(64), nullable=False),
+    Column("description", String(500), nullable=False, server_default=""),
+    _created_at(),
+)
+
+price_tier = Table(
+    "price_tier",
+    metadata,
+    Column("id", Uuid, primary_key=True),
+    Column("name", String(64), nullable=False, unique=True),
+    Column("currency", String(3), nullable=False),
+    _created_at(),
+)
+
+# Rates are never changed in place: each change is a new row from its date on, so any past
+# hour can be priced with the rates that were in effect then.
+price_rate = Table(
+    "price_rate",
+    metadata,
+    Column("id", Uuid, primary_key=True),
+    Column("price_tier_id", Uuid, ForeignKey("price_tier.id"), nullable=False),
+    Column("effective_from", DateTime(timezone=True), nullable=False),
+    Column("vcpu_hour", Numeric(18, 6), nullable=False),
+    Column("memory_gib_hour", Numeric(18, 6), nullable=False),
+    Column("storage_gib_month", Numeric(18, 6), nullable=False),
+    Column("gpu_hour", JSONB, nullable=False, server_default=text("'{}'::jsonb")),
+    _created_at(),
+    UniqueConstraint("price_tier_id", "effective_from", name="uq_price_rate_tier_from"),
+    CheckConstraint(
+        "vcpu_hour >= 0 AND memory_gib_hour >= 0 AND storage_gib_month >= 0",
+        name="rates_not_negative",
+    ),
+)
+
+instance_type = Table(
+    "instance_type",
+    metadata,
+    Column("id", Uuid, primary_key=True),
+    Column("name", String(64), nullable=False, unique=True),
+    Column("vcpus", Integer, nullable=False),
+    Column("memory_mib", Integer, nullable=False),
+    Column("disk_gib", Integer, nullable=False),
+    Column("gpus", JSONB, nullable=False, server_default=text("'{}'::jsonb")),
+    Column("system_types", JSONB, nullable=False, server_default=text("'[]'::jsonb")),
+    Column("price_tier_id", Uuid, ForeignKey("price_tier.id"), nullable=False),
+    Column("description", String(500), nullable=False, server_default=""),
+    Column("retired_at", DateTime(timezone=True), nullable=True),
+    _created_at(),
+    CheckConstraint("vcpus > 0 AND memory_mib > 0 AND disk_gib >= 0", name="size_positive"),
+)
+
+# Projection of the auth service's projects, plus what the inventory owns about each:
+# quotas (set by admins) and the approval and lease policy (set by the PI).
+project = Table(
+    "project",
+    metadata,
+    Column("id", Uuid, primary_key=True),
+    Column("name", String(200), nullable=False),
+    Column("pi_user_id", Uuid, nullable=False),
+    Column("approval_above_amount", Numeric(18, 6), nullable=True),
+    Column("approval_above_currency", String(3), nullable=True),
+    Column("approval_for_gpus", Boolean, nullable=False, server_default="false"),
+    Column("default_lease_hours", Integer, nullable=True),
+    Column("max_instances", Integer, nullable=True),
+    Column("max_vcpus", Integer, nullable=True),
+    Column("max_memory_mib", Integer, nullable=True),
+    Column("max_gpus", Integer, nullable=True),
+    _created_at(),
+)
+
+# Projection of budget codes: validity and status from auth, what is left from billing.
+# ``available`` stays NULL until billing reports on the code: no limit is known then.
+budget = Table(
+    "budget",
+    metadata,
+    Column("id", Uuid, primary_key=True),
+    Column("project_id", Uuid, nullable=False, index=True),
+    Column("code", String(64), nullable=False),
+    Column("currency", String(3), nullable=False),
+    Column("valid_from", Date, nullable=False),
+    Column("valid_to", Date, nullable=False),
+    Column("status", String(16), nullable=False),
+    Column("hard_limit_behaviour", String(32), nullable=False),
+    Column("auth_version", Integer, nullable=False),
+    Column("billing_state", String(16), nullable=True),
+    Column("available", Numeric(18, 6), nullable=True),
+    Column("billing_version", Integer, nullable=False, server_default="0"),
+)
+
+instance = Table(
+    "instance",
+    metadata,
+    Column("id", Uuid, primary_key=True),
+    Column("name", String(64), nullable=False),
+    Column("project_id", Uuid, nullable=False),
+    Column("budget_code_id", Uuid, nullable=False, index=True),
+    Column("requested_by", Uuid, nullable=False),
+    Column("instance_type_id", Uuid, ForeignKey("instance_type.id"), nullable=False),
+    Column("instance_type", String(64), nullable=False),
+    Column("image_id", Uuid, ForeignKey("image.id"), nullable=False),
+    Column("image", String(64), nullable=False),
+    Column("vcpus", Integer, nullable=False),
+    Column("memory_mib", Integer, nullable=False),
+    Column("disk_gib", Integer, nullable=False),
+    Column("gpus", JSONB, nullable=False, server_default=text("'{}'::jsonb")),
+    Column("hourly_price", Numeric(18, 6), nullable=False),
+    Column("currency", String(3), nullable=False),
+    Column("requested_datacenter", String(64), nullable=True),
+    Column("labels", JSONB, nullable=False, server_default=text("'{}'::jsonb")),
+    Column("ssh_public_key", String(16_384), nullable=True),
+    Column("state", String(20), nullable=False),
+    Column("version", Integer, nullable=False),
+    Column("reason_code", String(64), nullable=True),
+    Column("reason", String(1000), nullable=True),
+    Column("host_id", Uuid, ForeignKey("host.id"), nullable=True, index=True),
+    Column("domain_uuid", Uuid, nullable=True),
+    Column("addresses", JSONB, nullable=False, server_default=text("'[]'::jsonb")),
+    # The newest provisioner report applied: an older one arriving late changes nothing.
+    Column("observed_at", DateTime(timezone=True), nullable=True),
+    # When the last command went out: a report observed before it cannot reflect it.
+    Column("commanded_at", DateTime(timezone=True), nullable=True),
+    Column("lease_ends_at", DateTime(timezone=True), nullable=True),
+    Column("lease_warned_at", DateTime(timezone=True), nullable=True),
+    Column("lease_stopped_at", DateTime(timezone=True), nullable=True),
+    _created_at(),
+    Column("updated_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    Index("ix_instance_project", "project_id", "id"),
+    Index("ix_instance_lease", "lease_ends_at", postgresql_where=text("lease_ends_at IS NOT NULL")),
+    # A name is taken in its project until the instance is gone (deleted or never admitted).
+    Index(
+        "uq_instance_live_name",
+        "project_id",
+        "name",
+        unique=True,
+        postgresql_where=text("state NOT IN ('deleted', 'rejected')"),
+    ),
+    CheckConstraint(
+        "state IN ('pending_approval', 'requested', 'scheduled', 'starting', 'running',"
+        " 'stopping', 'stopped', 'deleting', 'deleted', 'failed', 'rejected')",
+        name="state_known",
+    ),
+    CheckConstraint("version >= 1", name="version_positive"),
+)
+
+# Admission holds placed here and not yet confirmed by billing's budget status: counted against
+# what is left so concurrent requests cannot together overspend a budget code.
+hold = Table(
+    "hold",
+    metadata,
+    Column("instance_id", Uuid, primary_key=True),
+    Column("budget_code_id", Uuid, nullable=False, index=True),
+    Column("amount", Numeric(18, 6), nullable=False),
     _created_at(),
 )

@@ -2,7 +2,7 @@
 
 ``admin`` may do everything; ``finance`` reads every project's money; a project's ``pi``
 manages its members and grants; ``member`` sees its own projects. The project role comes from
-the auth schema (the owner of memberships), not from the token, so a change applies at once.
+the caller (the auth service reads it from its own tables; other services from the token).
 Refusals to outsiders say "not found", so they learn nothing about other tenants.
 """
 
@@ -29,3 +29,10 @@ def require_project_manager(principal: Principal, project_role: str | None) -> N
     require_project_reader(principal, project_role)
     if not (principal.has_role("admin") or project_role == "pi"):
         raise Forbidden("only the project's PI or an admin may do this")
+
+
+def require_project_member(principal: Principal, project_role: str | None) -> None:
+    """Refuse unless the caller belongs to the project (admins always pass)."""
+    require_project_reader(principal, project_role)
+    if project_role is None and not principal.has_role("admin"):
+        raise Forbidden("only the project's members may do this")

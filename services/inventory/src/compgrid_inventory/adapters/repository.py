@@ -1,0 +1,165 @@
+"""Reads and writes of instances and the projections that admission needs."""
+
+from __future__ import annotations
+
+import contextlib
+from decimal import Decimal
+from typing import Any
+from uuid import UUID
+
+from sqlalchemy import Select, func, or_, select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from compgrid_events.base import Money
+from compgrid_events.inventory import InstanceState
+from compgrid_events.inventory_api import InstancePublic
+from compgrid_inventory.adapters.tables import (
+    budget,
+    datacenter,
+    hold,
+    host,
+    image,
+    instance,
+    instance_type,
+    project,
+)
+from compgrid_inventory.domain.admission import Size
+from compgrid_inventory.domain.lifecycle import LIVE
+from compgrid_runtime.errors import Conflict, NotFound
+
+
+def instance_query() -> Select[Any]:
+    """Instances with the names of their host and datacenter."""
+    return (
+        select(
+            instance,
+            host.c.name.label("host_name"),
+            host.c.libvirt_uri.label("host_uri"),
+            datacenter.c.name.label("datacenter_name"),
+        )
+        .outerjoin(host, host.c.id == instance.c.host_id)
+        .outerjoin(datacenter, datacenter.c.id == host.c.datacenter_id)
+    )
+
+
+async def get_instance(session: AsyncSession, instance_id: UUID, *, lock: bool = False) -> Any:
+    """Return one instance row (locked for the transaction when asked), or NotFound."""
+    query = instance_query().where(instance.c.id == instance_id)
+    if lock:
+        query = query.with_for_update(of=instance)
+    row = (await session.execute(query)).first()
+    if row is None:
+        raise NotFound("no such instance", field="instance_id")
+    return row
+
+
+def instance_public(row: Any) -> InstancePublic:
+    """An instance row in public shape."""
+    return InstancePublic(
+        id=row.id,
+        name=row.name,
+        project_id=row.project_id,
+        budget_code_id=row.budget_code_id,
+        requested_by=row.requested_by,
+        instance_type=row.instance_type,
+        image=row.image,
+        vcpus=row.vcpus,
+        memory_mib=row.memory_mib,
+        disk_gib=row.disk_gib,
+        gpus=row.gpus,
+        hourly_price=Money(amount=row.hourly_price, currency=row.currency),
+        state=InstanceState(row.state),
+        version=row.version,
+        reason_code=row.reason_code,
+        reason=row.reason,
+        datacenter=row.datacenter_name,
+        host=row.host_name,
+        addresses=row.addresses,
+        lease_ends_at=row.lease_ends_at,
+        created_at=row.created_at,
+        updated_at=row.updated_at,
+    )
+
+
+async def get_project(session: AsyncSession, project_id: UUID, *, lock: bool = False) -> Any:
+    """Return the project projection (locked: admissions of one project go one at a time)."""
+    query = select(project).where(project.c.id == project_id)
+    row = (await session.execute(query.with_for_update() if lock else query)).first()
+    if row is None:
+        raise NotFound("no such project", field="project_id")
+    return row
+
+
+async def get_budget(session: AsyncSession, budget_code_id: UUID, project_id: UUID) -> Any:
+    """Return a budget code of the project, or NotFound (also for another project's code)."""
+    row = (await session.execute(select(budget).where(budget.c.id == budget_code_id))).first()
+    if row is None or row.project_id != project_id:
+        raise NotFound("no such budget code in this project", field="budget_code_id")
+    return row
+
+
+async def unconfirmed_holds(session: AsyncSession, budget_code_id: UUID) -> Decimal:
+    """What admission held on a code that billing has not confirmed yet."""
+    total = await session.scalar(
+        select(func.coalesce(func.sum(hold.c.amount), 0)).where(
+            hold.c.budget_code_id == budget_code_id
+        )
+    )
+    return Decimal(total or 0)
+
+
+async def project_usage(
+    session: AsyncSession, project_id: UUID, excluding: UUID | None = None
+) -> Size:
+    """What the project's live instances (but ``excluding``) take of its quota."""
+    query = select(instance.c.vcpus, instance.c.memory_mib, instance.c.gpus).where(
+        instance.c.project_id == project_id, instance.c.state.in_([s.value for s in LIVE])
+    )
+    if excluding is not None:
+        query = query.where(instance.c.id != excluding)
+    rows = (await session.execute(query)).all()
+    return Size(
+        instances=len(rows),
+        vcpus=sum(r.vcpus for r in rows),
+        memory_mib=sum(r.memory_mib for r in rows),
+        gpus=sum(sum(r.gpus.values()) for r in rows),
+    )
+
+
+async def _by_name_or_id(session: AsyncSession, table: Any, ref: str, field: str, what: str) -> Any:
+    condition = table.c.name == ref
+    with contextlib.suppress(ValueError):
+        condition = or_(condition, table.c.id == UUID(ref))
+    row = (await session.execute(select(table).where(condition))).first()
+    if row is None:
+        raise NotFound(f"no {what} {ref}", code=f"unknown_{field}", field=field)
+    return row
+
+
+async def find_type(session: AsyncSession, ref: str) -> Any:
+    """An instance type by name or id that takes new instances."""
+    row = await _by_name_or_id(session, instance_type, ref, "instance_type", "instance type")
+    if row.retired_at is not None:
+        raise Conflict(
+            f"instance type {row.name} is retired: it takes no new instances",
+            code="type_retired",
+            field="instance_type",
+        )
+    return row
+
+
+async def find_image(session: AsyncSession, ref: str) -> Any:
+    """An image by name or id."""
+    return await _by_name_or_id(session, image, ref, "image", "image")
+
+
+async def name_taken(session: AsyncSession, project_id: UUID, name: str) -> bool:
+    """True when a live (not deleted or rejected) instance of the project has this name."""
+    found = await session.scalar(
+        select(instance.c.id).where(
+            instance.c.project_id == project_id,
+            instance.c.name == name,
+            instance.c.state.not_in([InstanceState.DELETED.value, InstanceState.REJECTED.value]),
+        )
+    )
+    return found is not None

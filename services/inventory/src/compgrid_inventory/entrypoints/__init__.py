@@ -1,0 +1,1 @@
+"""How the inventory service is reached: request/reply operations and consumers."""

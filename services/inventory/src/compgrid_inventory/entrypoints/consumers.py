@@ -1,0 +1,56 @@
+"""The inventory's durable consumers: identity, budget and provisioner events."""
+
+from __future__ import annotations
+
+from compgrid_events.auth import BudgetCodeCreated, BudgetCodeUpdated, ProjectCreated
+from compgrid_events.billing import BudgetExhausted, BudgetStatusChanged
+from compgrid_events.provisioner import (
+    HostUnreachable,
+    InstanceDeleted,
+    InstanceFailed,
+    InstanceStarted,
+    InstanceStopped,
+)
+from compgrid_events.streams import AUTH, BILLING, PROVISIONER
+from compgrid_inventory.use_cases import events
+from compgrid_runtime.consumers import Consumers, ConsumerSpec
+
+IDENTITY = ConsumerSpec("identity", AUTH, "auth.>", "projects and budget codes, for admission")
+BUDGETS = ConsumerSpec(
+    "budgets", BILLING, "billing.budget.>", "what budget codes have left; exhaustion"
+)
+RESULTS = ConsumerSpec(
+    "provisioner-results",
+    PROVISIONER,
+    "provisioner.>",
+    "instances and hosts as provisioners see them",
+)
+
+
+def register_consumers(consumers: Consumers) -> None:
+    """Bind every handler to its durable consumer."""
+    consumers.add(
+        IDENTITY,
+        {
+            ProjectCreated: events.on_project_created,
+            BudgetCodeCreated: events.on_budget_code,
+            BudgetCodeUpdated: events.on_budget_code,
+        },
+    )
+    consumers.add(
+        BUDGETS,
+        {
+            BudgetStatusChanged: events.on_budget_status,
+            BudgetExhausted: events.on_budget_exhausted,
+        },
+    )
+    consumers.add(
+        RESULTS,
+        {
+            InstanceStarted: events.on_started,
+            InstanceStopped: events.on_stopped,
+            InstanceFailed: events.on_failed,
+            InstanceDeleted: events.on_deleted,
+            HostUnreachable: events.on_host_unreachable,
+        },
+    )
