@@ -44,6 +44,7 @@ def assert_started_and_stopped(done: subprocess.CompletedProcess[str]) -> None:
     for email in ("admin@compgrid.example", "pi@compgrid.example", "researcher@compgrid.example"):
         assert email in out
     assert "finance@compgrid.example" in out
+    assert "demo catalogue: datacenter demo-dc with 4 simulated hosts" in out
     assert done.stdout.rstrip().endswith("all stopped"), out
 
 

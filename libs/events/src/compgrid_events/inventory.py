@@ -197,10 +197,7 @@ class InstanceDeleteRequested(_ProvisionCommand):
 
 
 class HostRegistered(Event):
-    """A host joined a datacenter or changed (state, capacity, labels); full state each time.
-
-    The provisioner of ``datacenter`` keeps one libvirt connection per host from these.
-    """
+    """A host joined a datacenter or changed; its full state, for that datacenter's provisioner."""
 
     subject_template = "inventory.host.{datacenter}.registered"
     stream = INVENTORY
