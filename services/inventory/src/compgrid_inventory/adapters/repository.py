@@ -11,7 +11,7 @@ from sqlalchemy import Select, func, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from compgrid_events.base import Money
-from compgrid_events.inventory import InstanceState
+from compgrid_events.inventory import GpuCount, InstanceState, Resources
 from compgrid_events.inventory_api import InstancePublic
 from compgrid_inventory.adapters.tables import (
     budget,
@@ -51,6 +51,16 @@ async def get_instance(session: AsyncSession, instance_id: UUID, *, lock: bool =
     if row is None:
         raise NotFound("no such instance", field="instance_id")
     return row
+
+
+def resources(row: Any) -> Resources:
+    """The size of an instance or a host (any row with its size columns) as events carry it."""
+    return Resources(
+        vcpus=row.vcpus,
+        memory_mib=row.memory_mib,
+        disk_gib=row.disk_gib,
+        gpus=tuple(GpuCount(model=m, count=c) for m, c in sorted(row.gpus.items())),
+    )
 
 
 def instance_public(row: Any) -> InstancePublic:

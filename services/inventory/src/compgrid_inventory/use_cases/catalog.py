@@ -20,7 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from compgrid_events import uuid7
 from compgrid_events.base import Money, utc_now
-from compgrid_events.inventory import GpuCount, HostRegistered, PriceTierChanged, Resources
+from compgrid_events.inventory import HostRegistered, PriceTierChanged
 from compgrid_events.inventory_api import (
     AddRates,
     CreateDatacenter,
@@ -44,6 +44,7 @@ from compgrid_events.inventory_api import (
     UpdateDatacenter,
     UpdateHost,
 )
+from compgrid_inventory.adapters.repository import resources
 from compgrid_inventory.adapters.tables import (
     datacenter,
     host,
@@ -149,10 +150,6 @@ async def list_datacenters(deps: Deps, caller: Caller, _: object) -> list[Datace
 # Hosts ------------------------------------------------------------------------------------
 
 
-def _gpus(gpus: Mapping[str, int]) -> tuple[GpuCount, ...]:
-    return tuple(GpuCount(model=m, count=c) for m, c in sorted(gpus.items()))
-
-
 def host_event(row: Any, datacenter_name: str) -> HostRegistered:
     """The full state of a host, for the provisioner of its datacenter."""
     return HostRegistered(
@@ -161,12 +158,7 @@ def host_event(row: Any, datacenter_name: str) -> HostRegistered:
         datacenter=datacenter_name,
         libvirt_uri=row.libvirt_uri,
         state=row.state,
-        capacity=Resources(
-            vcpus=row.vcpus,
-            memory_mib=row.memory_mib,
-            disk_gib=row.disk_gib,
-            gpus=_gpus(row.gpus),
-        ),
+        capacity=resources(row),
         labels=row.labels,
         version=row.version,
     )

@@ -14,7 +14,6 @@ from sqlalchemy import delete, func, insert, update
 
 from compgrid_events.base import Money, utc_now
 from compgrid_events.inventory import (
-    GpuCount,
     InstanceDeleteRequested,
     InstanceRejected,
     InstanceRequested,
@@ -22,13 +21,13 @@ from compgrid_events.inventory import (
     InstanceState,
     InstanceStateChanged,
     InstanceStopRequested,
-    Resources,
 )
 from compgrid_inventory.adapters import claims
 from compgrid_inventory.adapters.repository import (
     get_budget,
     get_instance,
     project_usage,
+    resources,
     unconfirmed_holds,
 )
 from compgrid_inventory.adapters.tables import datacenter, hold, image, instance
@@ -182,16 +181,6 @@ async def admit(deps: Deps, uow: UnitOfWork, row: Any, project_row: Any) -> Any:
         )
     )
     return await schedule(uow, row)
-
-
-def resources(row: Any) -> Resources:
-    """The size of an instance as the events carry it."""
-    return Resources(
-        vcpus=row.vcpus,
-        memory_mib=row.memory_mib,
-        disk_gib=row.disk_gib,
-        gpus=tuple(GpuCount(model=m, count=c) for m, c in sorted(row.gpus.items())),
-    )
 
 
 async def schedule(uow: UnitOfWork, row: Any) -> Any:

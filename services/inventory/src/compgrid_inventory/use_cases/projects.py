@@ -18,10 +18,20 @@ from compgrid_events.inventory_api import (
 )
 from compgrid_inventory.adapters.repository import get_project, project_usage
 from compgrid_inventory.adapters.tables import datacenter, host, instance, project
+from compgrid_inventory.domain.admission import Limits, Size
 from compgrid_inventory.use_cases.deps import Deps
 from compgrid_inventory.use_cases.lifecycle import limits
 from compgrid_runtime.access import require_project_manager, require_project_reader, require_role
 from compgrid_runtime.rpc import Caller
+
+
+def _quota(size: Limits | Size) -> Quota:
+    return Quota(
+        max_instances=size.instances,
+        max_vcpus=size.vcpus,
+        max_memory_mib=size.memory_mib,
+        max_gpus=size.gpus,
+    )
 
 
 async def _policy(deps: Deps, session: Any, row: Any) -> ProjectPolicyPublic:
@@ -36,18 +46,8 @@ async def _policy(deps: Deps, session: Any, row: Any) -> ProjectPolicyPublic:
             max_memory_mib=row.max_memory_mib,
             max_gpus=row.max_gpus,
         ),
-        effective_quota=Quota(
-            max_instances=effective.instances,
-            max_vcpus=effective.vcpus,
-            max_memory_mib=effective.memory_mib,
-            max_gpus=effective.gpus,
-        ),
-        used=Quota(
-            max_instances=used.instances,
-            max_vcpus=used.vcpus,
-            max_memory_mib=used.memory_mib,
-            max_gpus=used.gpus,
-        ),
+        effective_quota=_quota(effective),
+        used=_quota(used),
         requires_approval_above=None
         if row.approval_above_amount is None
         else Money(amount=row.approval_above_amount, currency=row.approval_above_currency),
