@@ -4,15 +4,21 @@ Setup: one datacenter with 1,000 hosts (64 vCPU, 256 GiB, 2 TB; a tenth of them 
 and 10,000 instance demands drawn with a fixed seed (1-8 vCPU, 1-32 GiB, 10-200 GiB; one in
 twenty asks for a GPU).
 
-Ours: ``claims.place`` for every demand, 16 at a time, each in its own transaction (the way a
-request is admitted): filter and weigh the hosts in SQL, rank the best few in the domain, claim
-the first with a conditional UPDATE, record the claim, commit. Latency is per decision.
+Ours: ``claims.place`` for every demand, 16 at a time, each in its own transaction of a
+SQLAlchemy session from the service's own engine (the way a request is admitted): one statement
+picks the best host that fits in weigher order and is not being claimed (``FOR UPDATE SKIP
+LOCKED``), adds the demand to its claimed counters and records the claim; then commit. When
+nothing fits, the domain says why. Latency is per decision, session to commit.
 
 Baseline, same run, same schema, same concurrency: the raw claim — one
 ``UPDATE inventory.host … WHERE id = $1 AND <fits> RETURNING id`` per demand on a host picked
 in advance, through asyncpg, autocommit. No choice, no claim row: the cost of the claim alone.
 
 After each run the benchmark counts hosts whose claims exceed their capacity: it must be 0.
+
+It also reports ``session_floor``: decisions/s of a placement
+that does nothing (``SELECT 1``) in the same engine, session and transaction — what any
+``place`` costs before it places anything — and ``floor_ratio``, that against the baseline.
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ import uuid
 from typing import Any
 
 import asyncpg
+from sqlalchemy import text
 
 from bench.common import bench_servers, percentile, report
 from compgrid_inventory.adapters.claims import place
@@ -123,6 +130,28 @@ async def run_ours(database_url: str, work: list[Demand]) -> tuple[float, list[f
     return len(work) / elapsed, latencies, refused
 
 
+async def run_floor(database_url: str, count: int) -> float:
+    """Return transactions/s of ``run_ours`` with ``place`` replaced by ``SELECT 1``."""
+    engine = create_engine(database_url, pool_size=CONCURRENCY)
+    sessions = session_factory(engine)
+    left = count
+
+    async def worker() -> None:
+        nonlocal left
+        while left > 0:
+            left -= 1
+            async with sessions() as session, session.begin():
+                await session.execute(text("SELECT 1"))
+
+    async with engine.connect() as warm:
+        await warm.exec_driver_sql("SELECT 1")
+    started = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(CONCURRENCY)))
+    elapsed = time.perf_counter() - started
+    await engine.dispose()
+    return count / elapsed
+
+
 async def run_raw(dsn: str, work: list[Demand], hosts: list[uuid.UUID]) -> tuple[float, int]:
     """Return (claims/s, refused) of the bare conditional UPDATE on pre-chosen hosts."""
     pool = await asyncpg.create_pool(dsn, min_size=CONCURRENCY, max_size=CONCURRENCY)
@@ -172,6 +201,7 @@ async def main() -> None:
             rate, latencies, refused = await run_ours(database_url, work)
             over = await conn.fetchval(OVERCOMMITTED)
             claims = await conn.fetchval("SELECT count(*) FROM inventory.claim")
+            floor = await run_floor(database_url, DECISIONS)
         finally:
             await conn.close()
     assert over == 0, f"{over} hosts overcommitted"
@@ -186,6 +216,8 @@ async def main() -> None:
         "refused": refused,
         "raw_refused": raw_refused,
         "concurrency": CONCURRENCY,
+        "session_floor": round(floor, 3),
+        "floor_ratio": round(floor / raw_rate, 3),
     }
     report("placement", rate, "decisions/s", raw_rate, rate / raw_rate, **extra)
 

@@ -13,7 +13,7 @@ from sqlalchemy import text
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from compgrid_inventory.adapters.claims import place, release
+from compgrid_inventory.adapters.claims import candidates, place, release
 from compgrid_inventory.domain.placement import Constraints, Demand, NoPlacement, Strategy
 from compgrid_runtime.db import create_engine, session_factory
 from compgrid_runtime.migrations import upgrade
@@ -168,3 +168,120 @@ async def test_the_database_refuses_an_overcommitted_host_whatever_the_code_does
             )
     with pytest.raises(IntegrityError, match="capacity_positive"):
         await datacenter(engine, zero={"vcpus": 0})
+
+
+async def test_a_claim_is_undone_with_the_callers_transaction(engine: AsyncEngine) -> None:
+    # The claim is the session's first statement here: it must still join the session's
+    # transaction (not commit on its own), so the caller's rollback takes it back.
+    dc, ids = await datacenter(engine, h={})
+    instance = uuid.uuid4()
+    sessions = session_factory(engine)
+    async with sessions() as session:
+        await session.begin()
+        await place(session, instance, Demand(2, 1024, 10), Constraints(datacenter=dc))
+        await session.rollback()
+    assert (await host_row(engine, ids["h"])).claimed_vcpus == 0
+    async with engine.connect() as conn:
+        assert (
+            await conn.scalar(
+                text("SELECT count(*) FROM inventory.claim WHERE id = :id"), {"id": instance}
+            )
+            == 0
+        )
+
+
+async def test_a_claim_commits_with_what_the_caller_wrote_before_and_after(
+    engine: AsyncEngine,
+) -> None:
+    dc, ids = await datacenter(engine, h={})
+    before, after = f"before-{uuid.uuid4().hex[:8]}", f"after-{uuid.uuid4().hex[:8]}"
+    instance = uuid.uuid4()
+    write = text("INSERT INTO inventory.datacenter (id, name) VALUES (:id, :name)")
+    sessions = session_factory(engine)
+    async with sessions() as session, session.begin():
+        await session.execute(write, {"id": uuid.uuid4(), "name": before})
+        chosen = await place(session, instance, Demand(2, 1024, 10), Constraints(datacenter=dc))
+        await session.execute(write, {"id": uuid.uuid4(), "name": after})
+    assert chosen.name == "h"
+    assert chosen.claimed_vcpus == 2  # the host as claimed
+    assert (await host_row(engine, ids["h"])).claimed_vcpus == 2
+    async with engine.connect() as conn:
+        names = await conn.scalar(
+            text("SELECT count(*) FROM inventory.datacenter WHERE name IN (:a, :b)"),
+            {"a": before, "b": after},
+        )
+    assert names == 2
+    # And the other way: a write before the claim, then a rollback, undoes both.
+    async with sessions() as session:
+        await session.begin()
+        await session.execute(write, {"id": uuid.uuid4(), "name": f"gone-{before}"})
+        await place(session, uuid.uuid4(), Demand(2, 1024, 10), Constraints(datacenter=dc))
+        await session.rollback()
+    assert (await host_row(engine, ids["h"])).claimed_vcpus == 2
+
+
+async def test_one_claim_per_instance_is_an_integrity_error(engine: AsyncEngine) -> None:
+    dc, ids = await datacenter(engine, h={})
+    instance = uuid.uuid4()
+    sessions = session_factory(engine)
+    async with sessions() as session, session.begin():
+        await place(session, instance, Demand(1, 512, 1), Constraints(datacenter=dc))
+    with pytest.raises(IntegrityError, match="pk_claim"):
+        async with sessions() as session, session.begin():
+            await place(session, instance, Demand(1, 512, 1), Constraints(datacenter=dc))
+    assert (await host_row(engine, ids["h"])).claimed_vcpus == 1
+
+
+async def test_gpu_work_goes_to_gpu_hosts_and_other_work_prefers_hosts_without(
+    engine: AsyncEngine,
+) -> None:
+    dc, _ = await datacenter(engine, cpu={}, gpu={"gpus": '{"a100": 2}'})
+    assert await try_place(engine, Demand(1, 512, 1), dc) == "cpu"
+    assert await try_place(engine, Demand(1, 512, 1, {"a100": 1}), dc) == "gpu"
+    assert await try_place(engine, Demand(1, 512, 1, {"a100": 1}), dc) == "gpu"
+    assert await try_place(engine, Demand(1, 512, 1, {"a100": 1}), dc) is None  # all claimed
+
+
+async def reason(engine: AsyncEngine, demand: Demand, constraints: Constraints) -> str:
+    sessions = session_factory(engine)
+    async with sessions() as session, session.begin():
+        with pytest.raises(NoPlacement) as refused:
+            await place(session, uuid.uuid4(), demand, constraints)
+    return refused.value.code
+
+
+async def test_the_reason_says_why_nothing_fits(engine: AsyncEngine) -> None:
+    dc, _ = await datacenter(
+        engine, full={"gpus": '{"a100": 1}', "labels": '{"rack": "r1"}'}, other={}
+    )
+    assert await try_place(engine, Demand(1, 512, 1, {"a100": 1}), dc) == "full"
+    gpu = Demand(1, 512, 1, {"a100": 1})
+    assert await reason(engine, gpu, Constraints(datacenter=dc)) == "no_capacity"
+    assert await reason(engine, Demand(1, 512, 1, {"h100": 1}), Constraints(dc)) == "too_large"
+    assert await reason(engine, Demand(1, 512, 1, {"a100": 2}), Constraints(dc)) == "too_large"
+    elsewhere = Constraints(datacenter=dc, labels={"rack": "r2"})
+    assert await reason(engine, Demand(1, 512, 1), elsewhere) == "no_matching_host"
+    assert await reason(engine, Demand(1, 512, 1), Constraints(f"no-{dc}")) == "no_matching_host"
+    on_rack = Constraints(datacenter=dc, labels={"rack": "r1"})
+    assert await reason(engine, Demand(1, 65536, 1), on_rack) == "too_large"
+
+
+async def test_candidates_are_the_best_few_that_fit_in_weigher_order(engine: AsyncEngine) -> None:
+    hosts = {f"h{i:02d}": {"vcpus": 4 + i} for i in range(12)}
+    dc, _ = await datacenter(engine, big={"vcpus": 64, "gpus": '{"a100": 1}'}, **hosts)
+    sessions = session_factory(engine)
+    async with sessions() as session, session.begin():
+        packed = await candidates(session, Demand(6, 512, 1), Constraints(dc), Strategy.PACK)
+        spread = await candidates(session, Demand(6, 512, 1), Constraints(dc), Strategy.SPREAD)
+    assert [h.name for h in packed] == ["h02", "h03", "h04", "h05", "h06", "h07", "h08", "h09"]
+    assert [h.name for h in spread] == ["h11", "h10", "h09", "h08", "h07", "h06", "h05", "h04"]
+
+
+async def test_a_session_without_a_transaction_to_join_still_claims(engine: AsyncEngine) -> None:
+    # Without a surrounding transaction the claim is one statement, atomic on its own.
+    dc, ids = await datacenter(engine, h={})
+    sessions = session_factory(engine.execution_options(isolation_level="AUTOCOMMIT"))
+    async with sessions() as session:
+        chosen = await place(session, uuid.uuid4(), Demand(3, 512, 1), Constraints(dc))
+    assert chosen.name == "h"
+    assert (await host_row(engine, ids["h"])).claimed_vcpus == 3

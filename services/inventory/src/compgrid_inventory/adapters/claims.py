@@ -33,6 +33,7 @@ from compgrid_inventory.domain.placement import (
 
 CANDIDATES = 8
 
+# In the order of HostView's fields.
 _HOST_COLUMNS = """
     h.id, d.name AS datacenter, h.name, h.state, h.vcpus, h.memory_mib, h.disk_gib,
     h.cpu_overcommit, h.memory_overcommit, h.gpus, h.labels, h.claimed_vcpus,
@@ -42,6 +43,12 @@ _FITS = """
     h.free_vcpus >= :vcpus
     AND h.claimed_memory_mib + :memory_mib <= floor(h.memory_mib * h.memory_overcommit)
     AND h.claimed_disk_gib + :disk_gib <= h.disk_gib
+"""
+# The same test on an empty host: could this host ever take the demand?
+_COULD_EVER_FIT = """
+    floor(h.vcpus * h.cpu_overcommit) >= :vcpus
+    AND floor(h.memory_mib * h.memory_overcommit) >= :memory_mib
+    AND h.disk_gib >= :disk_gib
 """
 
 
@@ -63,12 +70,19 @@ def _gpu_params(gpus: Mapping[str, int], params: dict[str, Any]) -> int:
     return len(gpus)
 
 
-def _gpu_conditions(gpus: Mapping[str, int], params: dict[str, Any]) -> str:
-    return "".join(
+def _gpu_filter(models: int, *, empty_host: bool = False) -> str:
+    """SQL: the host has the bound GPU counts free (or in all, on an empty host).
+
+    A demand for GPUs can only go to a host that has some, so it also says ``h.has_gpus``:
+    that lets ``ix_host_placement`` skip every host without GPUs instead of reading each one.
+    """
+    if models == 0:
+        return ""
+    return " AND h.has_gpus" + "".join(
         f" AND coalesce((h.gpus ->> :gpu_model_{index})::int, 0)"
-        f" - coalesce((h.claimed_gpus ->> :gpu_model_{index})::int, 0)"
-        f" >= :gpu_count_{index}"
-        for index in range(_gpu_params(gpus, params))
+        + ("" if empty_host else f" - coalesce((h.claimed_gpus ->> :gpu_model_{index})::int, 0)")
+        + f" >= :gpu_count_{index}"
+        for index in range(models)
     )
 
 
@@ -88,17 +102,31 @@ def _claimed_gpus_after(models: int, *, giving_back: bool) -> str:
     return expression
 
 
-def _where(demand: Demand, constraints: Constraints, params: dict[str, Any]) -> str:
+def _where(datacenter: bool, labels: bool) -> str:
+    """SQL: the host is where the constraints allow (binds ``datacenter`` and ``labels``)."""
     where = " WHERE TRUE"
-    if constraints.datacenter is not None:
-        params["datacenter"] = constraints.datacenter
+    if datacenter:
         where += (
             " AND h.datacenter_id = (SELECT id FROM inventory.datacenter WHERE name = :datacenter)"
         )
-    if constraints.labels:
-        params["labels"] = json.dumps(dict(constraints.labels))
+    if labels:
         where += " AND h.labels @> CAST(:labels AS jsonb)"
     return where
+
+
+def _params(demand: Demand, constraints: Constraints) -> dict[str, Any]:
+    """The bind parameters of a demand and its constraints."""
+    params: dict[str, Any] = {
+        "vcpus": demand.vcpus,
+        "memory_mib": demand.memory_mib,
+        "disk_gib": demand.disk_gib,
+    }
+    if constraints.datacenter is not None:
+        params["datacenter"] = constraints.datacenter
+    if constraints.labels:
+        params["labels"] = json.dumps(dict(constraints.labels))
+    _gpu_params(demand.gpus, params)
+    return params
 
 
 def _host(row: Any) -> HostView:
@@ -125,51 +153,52 @@ async def candidates(
     session: AsyncSession, demand: Demand, constraints: Constraints, strategy: Strategy
 ) -> list[HostView]:
     """Return up to ``CANDIDATES`` hosts that fit now, best first (NoPlacement when none)."""
-    params: dict[str, Any] = {
-        "vcpus": demand.vcpus,
-        "memory_mib": demand.memory_mib,
-        "disk_gib": demand.disk_gib,
-        "limit": CANDIDATES,
-    }
-    where = _where(demand, constraints, params)
+    params = _params(demand, constraints)
+    params["limit"] = CANDIDATES
+    where = _where(constraints.datacenter is not None, bool(constraints.labels))
+    gpus = len(demand.gpus)
+    fits = f"h.state = 'active' AND {_FITS}{_gpu_filter(gpus)}"
     query = (
         f"SELECT {_HOST_COLUMNS} FROM inventory.host h"
         " JOIN inventory.datacenter d ON d.id = h.datacenter_id"
-        f"{where} AND h.state = 'active' AND {_FITS}{_gpu_conditions(demand.gpus, params)}"
-        f" ORDER BY {_order(strategy)} LIMIT :limit"
+        f"{where} AND {fits} ORDER BY {_order(strategy)} LIMIT :limit"
     )
     rows = (await session.execute(text(query), params)).all()
     if rows:
         return rank([_host(r) for r in rows], demand, constraints, strategy)
-    # Nothing fits: look at every eligible host once to say why.
-    everything = (
-        await session.execute(
-            text(
-                f"SELECT {_HOST_COLUMNS} FROM inventory.host h"
-                f" JOIN inventory.datacenter d ON d.id = h.datacenter_id{where}"
-            ),
-            params,
-        )
-    ).all()
+    # Nothing fits: say why. ``rank`` needs, of the eligible hosts, those that fit now (some
+    # may have been freed since) or else one that could ever take the demand (then it is only
+    # full) — so Postgres puts those first and only a few rows come back, not every host.
+    why = (
+        f"SELECT {_HOST_COLUMNS} FROM inventory.host h"
+        f" JOIN inventory.datacenter d ON d.id = h.datacenter_id{where}"
+        f" ORDER BY ({fits}) DESC,"
+        f" ({_COULD_EVER_FIT}{_gpu_filter(gpus, empty_host=True)}) DESC,"
+        f" {_order(strategy)} LIMIT :limit"
+    )
+    everything = (await session.execute(text(why), params)).all()
     return rank([_host(r) for r in everything], demand, constraints, strategy)
 
 
 @functools.lru_cache(maxsize=256)
-def _claim_statement(
-    where: str, gpu_filter: str, gpu_set: str, order: str, skip_locked: bool = True
+def _claim(
+    datacenter: bool, labels: bool, gpus: int, strategy: Strategy, skip_locked: bool
 ) -> TextClause:
     """Pick, claim and record in one statement (cached per shape of request)."""
-    return text(
+    where = _where(datacenter, labels)
+    sql = (
         "WITH chosen AS ("
-        f" SELECT h.id FROM inventory.host h{where} AND h.state = 'active' AND {_FITS}{gpu_filter}"
-        f" ORDER BY {order} LIMIT 1 FOR UPDATE OF h"
+        f" SELECT h.id FROM inventory.host h{where} AND h.state = 'active' AND {_FITS}"
+        f"{_gpu_filter(gpus)}"
+        f" ORDER BY {_order(strategy)} LIMIT 1 FOR UPDATE OF h"
         f"{' SKIP LOCKED' if skip_locked else ''}),"
         " claimed AS ("
         " UPDATE inventory.host h SET"
         " claimed_vcpus = h.claimed_vcpus + :vcpus,"
         " claimed_memory_mib = h.claimed_memory_mib + :memory_mib,"
         " claimed_disk_gib = h.claimed_disk_gib + :disk_gib,"
-        f" claimed_gpus = {gpu_set}, version = h.version + 1"
+        f" claimed_gpus = {_claimed_gpus_after(gpus, giving_back=False)},"
+        " version = h.version + 1"
         " FROM chosen, inventory.datacenter d WHERE h.id = chosen.id AND d.id = h.datacenter_id"
         f" RETURNING {_HOST_COLUMNS}),"
         " recorded AS ("
@@ -178,6 +207,7 @@ def _claim_statement(
         " FROM claimed)"
         " SELECT * FROM claimed"
     )
+    return text(sql)
 
 
 async def place(
@@ -193,25 +223,18 @@ async def place(
     One statement picks the best host that fits and is not being claimed by a concurrent
     transaction (``FOR UPDATE SKIP LOCKED``: concurrent requests spread over the next-best hosts
     instead of queueing on one row) and claims it. When nothing comes back, the domain looks at
-    every eligible host to say why — or, when hosts fit but were all busy, it tries again.
+    the eligible hosts to say why — or, when hosts fit but were all busy, it tries again.
     """
-    params: dict[str, Any] = {
-        "vcpus": demand.vcpus,
-        "memory_mib": demand.memory_mib,
-        "disk_gib": demand.disk_gib,
-    }
-    where = _where(demand, constraints, params)
-    gpu_filter = _gpu_conditions(demand.gpus, params)
-    gpu_set = _claimed_gpus_after(len(demand.gpus), giving_back=False)
-    order = _order(strategy)
+    params = _params(demand, constraints)
     params["instance_id"] = instance_id
     params["gpus"] = json.dumps(dict(demand.gpus))
+    shape = (constraints.datacenter is not None, bool(constraints.labels), len(demand.gpus))
     for attempt in range(attempts):
         # The last attempt waits for busy hosts instead of skipping them, so a host that is
         # only being looked at by someone else is never reported as full.
         last = attempt == attempts - 1
-        statement = _claim_statement(where, gpu_filter, gpu_set, order, skip_locked=not last)
-        row = (await session.execute(statement, params)).first()
+        claim = _claim(*shape, strategy, skip_locked=not last)
+        row = (await session.execute(claim, params)).first()
         if row is not None:
             return _host(row)
         await candidates(session, demand, constraints, strategy)  # raises with the reason
