@@ -11,7 +11,7 @@ from decimal import Decimal
 from typing import Annotated
 from uuid import UUID
 
-from pydantic import Field, field_validator
+from pydantic import Field, StringConstraints, field_validator
 
 from compgrid_events.auth_api import Limit, Page
 from compgrid_events.base import Contract, Currency, Money, RoutingToken, UtcDatetime
@@ -325,7 +325,7 @@ class Decide(InstanceRef):
 class Deny(InstanceRef):
     """A PI denies a waiting request; the reason goes to the requester."""
 
-    reason: str = Field(min_length=1, max_length=500)
+    reason: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=500)]
 
 
 class SetLease(InstanceRef):

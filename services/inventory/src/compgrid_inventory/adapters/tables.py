@@ -210,6 +210,8 @@ budget = Table(
     Column("billing_state", String(16), nullable=True),
     Column("available", Numeric(18, 6), nullable=True),
     Column("billing_version", Integer, nullable=False, server_default="0"),
+    # When billing's newest word on the code was said: an older exhaustion is history.
+    Column("billing_updated_at", DateTime(timezone=True), nullable=True),
 )
 
 instance = Table(

@@ -97,6 +97,7 @@ async def on_budget_status(event: BudgetStatusChanged, uow: UnitOfWork) -> None:
             billing_state=event.state.value,
             available=event.available.amount,
             billing_version=event.version,
+            billing_updated_at=event.occurred_at,
         )
     )
     if event.held_instance_ids:
@@ -106,11 +107,21 @@ async def on_budget_status(event: BudgetStatusChanged, uow: UnitOfWork) -> None:
 
 
 async def on_budget_exhausted(event: BudgetExhausted, uow: UnitOfWork) -> None:
-    """Block new instances on the code; stop its running ones when the code says so."""
+    """Block new instances on the code; stop its running ones when the code says so.
+
+    An exhaustion older than billing's newest status of the code (funding raised since, say)
+    is history and changes nothing.
+    """
+    newest = await uow.session.scalar(
+        select(budget.c.billing_updated_at).where(budget.c.id == event.budget_code_id)
+    )
+    if newest is not None and event.occurred_at < newest:
+        log.info("late budget exhaustion ignored", budget_code=str(event.budget_code_id))
+        return
     await uow.session.execute(
         update(budget)
         .where(budget.c.id == event.budget_code_id)
-        .values(billing_state=BudgetState.EXHAUSTED.value)
+        .values(billing_state=BudgetState.EXHAUSTED.value, billing_updated_at=event.occurred_at)
     )
     if event.behaviour.value != "stop_instances":
         return

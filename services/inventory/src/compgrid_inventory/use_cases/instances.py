@@ -245,7 +245,8 @@ async def request_by_requirements(
                 )
         else:
             picture = await find_image(session, body.image)
-        kind = await _cheapest(uow, wanted, body.datacenter)
+        code = await get_budget(session, body.budget_code_id, body.project_id)
+        kind = await _cheapest(uow, wanted, body.datacenter, code.currency)
         request = RequestInstance(
             name=body.name,
             project_id=body.project_id,
@@ -261,12 +262,16 @@ async def request_by_requirements(
     return instance_public(row)
 
 
-async def _cheapest(uow: UnitOfWork, wanted: Any, datacenter: str | None) -> Any:
-    """The cheapest type meeting the requirements that some host can take now."""
+async def _cheapest(uow: UnitOfWork, wanted: Any, datacenter: str | None, currency: str) -> Any:
+    """The cheapest type meeting the requirements, priced in the budget code's currency, that
+    some host can take now. GPU types are only candidates when GPUs are asked for."""
     session = uow.session
     rows = (
         await session.execute(
-            select(instance_type).where(
+            select(instance_type)
+            .join(price_tier, price_tier.c.id == instance_type.c.price_tier_id)
+            .where(
+                price_tier.c.currency == currency,
                 instance_type.c.retired_at.is_(None),
                 instance_type.c.vcpus >= wanted.min_vcpus,
                 instance_type.c.memory_mib >= int(wanted.min_memory_gib * 1024),
@@ -279,12 +284,14 @@ async def _cheapest(uow: UnitOfWork, wanted: Any, datacenter: str | None) -> Any
         for r in rows
         if (not r.system_types or wanted.system_type in r.system_types)
         and all(r.gpus.get(m, 0) >= n for m, n in wanted.gpus.items())
+        and (bool(wanted.gpus) or not r.gpus)
     ]
     if not matching:
         raise NotFound(
             f"no instance type has at least {wanted.min_vcpus} vCPU, {wanted.min_memory_gib} GiB"
             f" and {wanted.min_disk_gib} GiB of disk for {wanted.system_type}"
-            + (f" with GPUs {dict(wanted.gpus)}" if wanted.gpus else ""),
+            + (f" with GPUs {dict(wanted.gpus)}" if wanted.gpus else "")
+            + f" priced in {currency}",
             code="no_matching_type",
             field="requirements",
         )
@@ -367,8 +374,13 @@ async def act(deps: Deps, caller: Caller, body: InstanceRef, *, action: Action) 
     """Start, stop, reboot or delete an instance, when its state allows it."""
     principal = caller.require()
     async with deps.uow() as uow:
-        row = await get_instance(uow.session, body.instance_id, lock=True)
+        row = await get_instance(uow.session, body.instance_id)
         require_project_member(principal, principal.project_role(row.project_id))
+        if action is Action.START:
+            # A start places a budget hold: like a request, it takes the project's lock first
+            # (always project, then instance), so concurrent starts cannot overspend a code.
+            await get_project(uow.session, row.project_id, lock=True)
+        row = await get_instance(uow.session, body.instance_id, lock=True)
         after_action(InstanceState(row.state), action)
         if action is Action.START:
             try:

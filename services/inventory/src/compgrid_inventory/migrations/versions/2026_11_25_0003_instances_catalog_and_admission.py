@@ -2,7 +2,7 @@
 
 Revision ID: inventory_0003
 Revises: inventory_0002
-Create Date: 2026-11-25 09:39:30.262048
+Create Date: 2026-11-25 10:25:54.540154
 """
 
 from alembic import op
@@ -30,6 +30,7 @@ def upgrade() -> None:
     sa.Column('billing_state', sa.String(length=16), nullable=True),
     sa.Column('available', sa.Numeric(precision=18, scale=6), nullable=True),
     sa.Column('billing_version', sa.Integer(), server_default='0', nullable=False),
+    sa.Column('billing_updated_at', sa.DateTime(timezone=True), nullable=True),
     sa.PrimaryKeyConstraint('id', name=op.f('pk_budget')),
     schema='inventory'
     )
