@@ -98,7 +98,7 @@ class ServiceApp:
         )
         self.consumers = Consumers(service, lambda: self.js, self.unit_of_work)
         self.verifier = TokenVerifier()
-        self.rpc = RpcServer(service, self.verifier)
+        self.rpc = RpcServer(service, self.verifier, max_workers=self.settings.rpc_max_workers)
 
     def _broker_auth(self) -> dict[str, object]:
         options = nats_options(self.settings)

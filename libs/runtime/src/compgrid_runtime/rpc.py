@@ -75,9 +75,12 @@ class ServiceUnavailable(DomainError):
 class RpcServer:
     """The request/reply operations of one service."""
 
-    def __init__(self, service: str, verifier: TokenVerifier | None) -> None:
+    def __init__(
+        self, service: str, verifier: TokenVerifier | None, *, max_workers: int = 1
+    ) -> None:
         self._service = service
         self._verifier = verifier
+        self._max_workers = max_workers
         self.routes: list[Route] = []
 
     def route(
@@ -92,14 +95,19 @@ class RpcServer:
         self.routes.append(Route(rpc_subject(self._service, operation), handler, body, public))
 
     def bind(self, broker: NatsBroker) -> None:
-        """Subscribe every route (queue group per service); call before the broker starts."""
+        """Subscribe every route (queue group per service); call before the broker starts.
+
+        Each operation answers up to ``max_workers`` requests at once in this process, so one
+        slow request does not hold up the others.
+        """
         for route in self.routes:
-            subscriber = broker.subscriber(
+            subscriber = broker.subscriber(  # type: ignore[call-overload]
                 route.subject,
                 queue=f"{self._service}-rpc",
                 no_reply=True,
                 title=route.subject,
                 description=route.handler.__doc__,
+                **({"max_workers": self._max_workers} if self._max_workers > 1 else {}),
             )
             subscriber(self._entry(route))
 

@@ -70,6 +70,9 @@ class ServiceSettings(BaseSettings):
     outbox_batch_size: int = Field(default=256, ge=1, le=10_000)
     outbox_poll_interval_s: float = Field(default=0.5, gt=0)
     shutdown_grace_s: float = Field(default=20.0, ge=0)
+    rpc_max_workers: int = Field(
+        default=16, ge=1, le=1000, description="requests one operation answers at once"
+    )
     secret_key: SecretStr = SecretStr(DEV_SECRET)
 
     @model_validator(mode="after")

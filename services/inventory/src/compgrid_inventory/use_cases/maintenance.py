@@ -14,12 +14,11 @@ from collections.abc import Awaitable, Callable
 from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import select, text, update
+from sqlalchemy import delete, select, text, update
 
 from compgrid_events.base import utc_now
 from compgrid_events.inventory import InstanceState, LeaseExpiring
 from compgrid_events.inventory_api import RepairReport
-from compgrid_inventory.adapters import claims
 from compgrid_inventory.adapters.repository import instance_query
 from compgrid_inventory.adapters.tables import claim, host, instance
 from compgrid_inventory.domain.lifecycle import LIVE, UP
@@ -120,8 +119,10 @@ async def repair_claims(deps: Deps) -> RepairReport:
             .scalars()
             .all()
         )
-        for orphan in orphans:
-            await claims.release(session, orphan)
+        # Dropped without touching the host: the recount below sets its counters from the
+        # claims that remain, whether or not the orphan had ever been counted.
+        if orphans:
+            await session.execute(delete(claim).where(claim.c.id.in_(orphans)))
         missing = (
             await session.execute(
                 select(instance)
