@@ -413,3 +413,11 @@ async def test_a_burst_of_parallel_guesses_checks_at_most_five_passwords(
 
     assert set(statuses) <= {401, 429}
     assert len(checked) <= 5
+
+
+async def test_good_logins_do_not_use_up_an_address(auth: AuthHarness) -> None:
+    # A lab behind one NAT address logs in all day; only failures may count against it.
+    _, email = await auth.user()
+    address = _address()
+    for _ in range(25):
+        assert await auth.login(email, address=address)

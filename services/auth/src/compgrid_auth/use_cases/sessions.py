@@ -51,14 +51,13 @@ async def login(deps: Deps, caller: Caller, body: Login) -> TokenPair:
     """Email + password → access and refresh tokens, or one generic refusal."""
     email = body.email.strip().lower()
     address = caller.client_address
-    if len(body.password) > 128 or await deps.throttle.locked(email, address):
+    if len(body.password) > 128 or not await deps.throttle.attempt(email, address):
         raise Unauthorized(LOGIN_FAILED, code="login_failed")
     async with deps.uow() as uow:  # no connection is held while the hash runs
         user = await find_user_by_email(uow.session, email)
     stored = user.password_hash if user is not None and user.status == "active" else None
     if not await deps.hasher.verify(stored, body.password):
-        await deps.throttle.failed(email, address)
-        raise Unauthorized(LOGIN_FAILED, code="login_failed")
+        raise Unauthorized(LOGIN_FAILED, code="login_failed")  # the attempt is counted already
     assert user is not None
     assert stored is not None
     async with deps.uow() as uow:
@@ -75,7 +74,7 @@ async def login(deps: Deps, caller: Caller, body: Login) -> TokenPair:
         pair = await _issue(deps, uow, user, family=uuid7())
         await record(uow, caller, "session.login", "user", user.id, actor_id=user.id)
         await uow.commit()
-    await deps.throttle.succeeded(email)
+    await deps.throttle.succeeded(email, address)
     return pair
 
 
