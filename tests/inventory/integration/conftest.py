@@ -8,22 +8,31 @@ read the inventory's commands from the PROVISION stream, as those services will.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
-from datetime import date, timedelta
-from typing import Any
+from datetime import date, datetime, timedelta
+from typing import Any, Protocol, Self, TypeVar
+from uuid import UUID
 
 import asyncpg
 import nats
 import pytest
 from nats.aio.client import Client as NatsClient
+from nats.aio.msg import Msg
 from nats.js.api import ConsumerConfig, DeliverPolicy
+from nats.js.client import JetStreamContext
 
 from compgrid_events import Event, registry
+from compgrid_events.base import utc_now
+from compgrid_events.inventory import InstanceScheduled
+from compgrid_events.provisioner import InstanceStarted, InstanceStopped
 from compgrid_events.streams import ALL_STREAMS
+from compgrid_inventory.adapters.tables import metadata
 from compgrid_inventory.bootstrap import build
 from compgrid_inventory.config import Settings
+from compgrid_inventory.entrypoints.rpc import register_routes
 from compgrid_inventory.use_cases.deps import Deps
 from compgrid_runtime.app import ServiceApp
 from compgrid_runtime.errors import DomainError
@@ -36,6 +45,15 @@ from tests.runtime.integration.waiting import wait_until
 
 LEASE_WARN_S = 3.0
 LEASE_GRACE_S = 1.5
+IDLE_S = 60.0
+"""How long our ephemeral consumers survive without a pull (the server's default is 5 s)."""
+
+E = TypeVar("E", bound=Event)
+
+
+def tag() -> str:
+    """A short random suffix for names that must be unique in the run."""
+    return uuid.uuid4().hex[:8]
 
 
 @dataclass
@@ -89,6 +107,27 @@ async def inventory(real: Servers, auth: AuthHarness) -> AsyncIterator[Inventory
     await app.stop()
 
 
+@contextlib.asynccontextmanager
+async def extra_processes(
+    inventory: InventoryHarness, count: int
+) -> AsyncIterator[list[ServiceApp]]:
+    """``count`` more inventory processes answering requests beside the harness's, as a
+    scaled-out deployment runs them (RPC only: no consumers, no background jobs)."""
+    apps: list[ServiceApp] = []
+    try:
+        for _ in range(count):
+            settings = inventory.deps.settings
+            app = ServiceApp(settings, metadata)
+            register_routes(app.rpc, Deps(uow=app.unit_of_work, settings=settings))
+            await app.start()
+            apps.append(app)
+            await asyncio.wait_for(app.keys.ready.wait(), 10)
+        yield apps
+    finally:
+        for app in apps:
+            await app.stop()
+
+
 @dataclass
 class Lab:
     """One project with its people, a grant and a small datacenter of its own."""
@@ -122,6 +161,69 @@ class Lab:
         }
 
 
+async def budget_code(
+    inventory: InventoryHarness,
+    db: asyncpg.Connection,
+    project_id: str,
+    *,
+    code: str,
+    name: str = "grant",
+    funding: str = "10000",
+    valid_to: date | None = None,
+) -> str:
+    """Create a budget code through auth; return its id once the inventory has it."""
+    today = date.today()
+    created = await inventory.auth.call(
+        "budget_codes.create",
+        {
+            "project_id": project_id,
+            "code": code,
+            "name": name,
+            "funding_amount": funding,
+            "currency": "EUR",
+            "valid_from": str(today - timedelta(days=30)),
+            "valid_to": str(valid_to or today + timedelta(days=365)),
+        },
+        token=inventory.auth.tokens["admin"],
+    )
+
+    async def projected() -> bool:
+        found = await db.fetchval(
+            "SELECT count(*) FROM inventory.budget WHERE id = $1", uuid.UUID(created["id"])
+        )
+        return bool(found)
+
+    await wait_until(projected, 20, f"budget code {code} reaches the inventory")
+    return str(created["id"])
+
+
+async def funded_project(
+    inventory: InventoryHarness,
+    db: asyncpg.Connection,
+    *,
+    name: str,
+    pi_id: str,
+    member_id: str,
+    code: str,
+    funding: str = "10000",
+    valid_to: date | None = None,
+) -> tuple[str, str]:
+    """A project with its PI, one member and a budget code, created through auth; return the
+    project's and the code's ids once the inventory has them."""
+    auth = inventory.auth
+    admin = auth.tokens["admin"]
+    project = await auth.call("projects.create", {"name": name, "pi_user_id": pi_id}, token=admin)
+    await auth.call(
+        "projects.add_member",
+        {"project_id": project["id"], "user_id": member_id, "role": "member"},
+        token=admin,
+    )
+    code_id = await budget_code(
+        inventory, db, project["id"], code=code, funding=funding, valid_to=valid_to
+    )
+    return str(project["id"]), code_id
+
+
 async def make_lab(
     inventory: InventoryHarness,
     db: asyncpg.Connection,
@@ -134,42 +236,22 @@ async def make_lab(
     """Create people, project, grant (through auth) and a catalogue (through inventory)."""
     auth = inventory.auth
     admin = auth.tokens["admin"]
-    tag = uuid.uuid4().hex[:8]
+    suffix = tag()
     pi_id, pi_email = await auth.user("pi")
     member_id, member_email = await auth.user("member")
     _, outsider_email = await auth.user("member")
     _, finance_email = await auth.user("finance")
-    project = await auth.call(
-        "projects.create", {"name": f"lab-{tag}", "pi_user_id": pi_id}, token=admin
+    project_id, budget_code_id = await funded_project(
+        inventory,
+        db,
+        name=f"lab-{suffix}",
+        pi_id=pi_id,
+        member_id=member_id,
+        code=f"G-{suffix}",
+        funding=funding,
+        valid_to=valid_to,
     )
-    await auth.call(
-        "projects.add_member",
-        {"project_id": project["id"], "user_id": member_id, "role": "member"},
-        token=admin,
-    )
-    today = date.today()
-    code = await auth.call(
-        "budget_codes.create",
-        {
-            "project_id": project["id"],
-            "code": f"G-{tag}",
-            "name": "grant",
-            "funding_amount": funding,
-            "currency": "EUR",
-            "valid_from": str(today - timedelta(days=30)),
-            "valid_to": str(valid_to or today + timedelta(days=365)),
-        },
-        token=admin,
-    )
-
-    async def projected() -> bool:
-        found = await db.fetchval(
-            "SELECT count(*) FROM inventory.budget WHERE id = $1", uuid.UUID(code["id"])
-        )
-        return bool(found)
-
-    await wait_until(projected, 20, "project and budget code reach the inventory")
-    dc = f"dc-{tag}"
+    dc = f"dc-{suffix}"
     call = inventory.call
     await call("datacenters.create", {"name": dc}, token=admin)
     host_ids = {}
@@ -207,13 +289,13 @@ async def make_lab(
     host_ids["gpu0"] = gpu_host["id"]
     image = await call(
         "images.create",
-        {"name": f"img-{tag}", "system_type": "linux", "source": "/images/linux.qcow2"},
+        {"name": f"img-{suffix}", "system_type": "linux", "source": "/images/linux.qcow2"},
         token=admin,
     )
     tier = await call(
         "price_tiers.create",
         {
-            "name": f"tier-{tag}",
+            "name": f"tier-{suffix}",
             "currency": "EUR",
             "effective_from": "2026-01-01T00:00:00Z",
             "rates": {
@@ -234,7 +316,7 @@ async def make_lab(
         created = await call(
             "types.create",
             {
-                "name": f"{kind}-{tag}",
+                "name": f"{kind}-{suffix}",
                 "vcpus": vcpus,
                 "memory_mib": memory,
                 "disk_gib": 10,
@@ -246,8 +328,8 @@ async def make_lab(
         )
         types[kind] = created["name"]
     return Lab(
-        project_id=project["id"],
-        budget_code_id=code["id"],
+        project_id=project_id,
+        budget_code_id=budget_code_id,
         pi=await auth.login(pi_email),
         member=await auth.login(member_email),
         outsider=await auth.login(outsider_email),
@@ -270,58 +352,217 @@ async def lab(inventory: InventoryHarness, db: asyncpg.Connection) -> Lab:
     return await make_lab(inventory, db)
 
 
-class Commands:
-    """The provisioning commands the inventory published for one datacenter, in order."""
+class StreamWatch:
+    """What one stream delivers under a subject filter to an ephemeral pull consumer of the
+    test's own: from the stream's start (``DeliverPolicy.ALL``) or from now on (``NEW``)."""
 
-    def __init__(self, nc: NatsClient, datacenter: str) -> None:
+    def __init__(
+        self,
+        nc: NatsClient,
+        stream: str,
+        subject: str,
+        *,
+        deliver: DeliverPolicy = DeliverPolicy.NEW,
+    ) -> None:
         self._nc = nc
-        self._subject = f"provision.{datacenter}.>"
-        self._sub: Any = None
-        self.seen: list[Event] = []
+        self.stream = stream
+        self.subject = subject
+        self._deliver = deliver
+        self._sub: JetStreamContext.PullSubscription | None = None
+        self.messages: list[Msg] = []
+        self._received: list[datetime] = []
+        self._events: list[Event] = []
 
-    async def start(self) -> Commands:
-        js = self._nc.jetstream()
-        self._sub = await js.pull_subscribe(
-            self._subject,
-            stream="PROVISION",
-            config=ConsumerConfig(deliver_policy=DeliverPolicy.ALL),
+    @classmethod
+    def of(
+        cls,
+        nc: NatsClient,
+        kind: type[Event],
+        *,
+        deliver: DeliverPolicy = DeliverPolicy.NEW,
+        **tokens: str,
+    ) -> StreamWatch:
+        """A watch on the events of one kind (on any subject the tokens not given allow)."""
+        return StreamWatch(nc, kind.stream.name, kind.subject_for(**tokens), deliver=deliver)
+
+    async def start(self) -> Self:
+        self._sub = await self._nc.jetstream().pull_subscribe(
+            self.subject,
+            stream=self.stream,
+            config=ConsumerConfig(deliver_policy=self._deliver, inactive_threshold=IDLE_S),
         )
         return self
 
-    async def collect(self) -> list[Event]:
-        """Fetch what arrived since the last call."""
+    async def stop(self) -> None:
+        """Drop the subscription and its consumer (which would otherwise idle for ``IDLE_S``)."""
+        if self._sub is None:
+            return
+        sub, self._sub = self._sub, None
+        with contextlib.suppress(nats.js.errors.NotFoundError):
+            name = (await sub.consumer_info()).name
+            await self._nc.jetstream().delete_consumer(self.stream, name)
+        await sub.unsubscribe()
+
+    async def __aenter__(self) -> Self:
+        return await self.start()
+
+    async def __aexit__(self, *_: object) -> None:
+        await self.stop()
+
+    async def collect(self) -> list[Msg]:
+        """Fetch what arrived since the last call; return every message seen."""
+        assert self._sub is not None, "the watch is not started"
         try:
-            messages = await self._sub.fetch(100, timeout=0.3)
+            fetched = await self._sub.fetch(500, timeout=0.3)
         except (TimeoutError, nats.errors.TimeoutError):
-            return self.seen
-        for msg in messages:
+            return self.messages
+        now = utc_now()
+        for msg in fetched:
             await msg.ack()
-            self.seen.append(registry.decode(msg.subject, msg.data))
-        return self.seen
+            self.messages.append(msg)
+            self._received.append(now)
+        return self.messages
 
-    async def wait_for(self, kind: type[Event], instance_id: str, timeout_s: float = 15) -> Any:
-        """Wait for a command of this kind for this instance; return it."""
-        found: list[Event] = []
+    async def events(self) -> list[Event]:
+        """Every message seen (fetching what arrived), decoded by the contract registry."""
+        messages = await self.collect()
+        self._events += [registry.decode(m.subject, m.data) for m in messages[len(self._events) :]]
+        return list(self._events)
 
-        async def arrived() -> bool:
-            await self.collect()
-            found[:] = [
-                e
-                for e in self.seen
-                if isinstance(e, kind) and str(getattr(e, "instance_id", "")) == instance_id
-            ]
-            return bool(found)
+    def received_at(self, event: Event) -> datetime:
+        """When this watch fetched an event it returned."""
+        return self._received[next(i for i, e in enumerate(self._events) if e is event)]
 
-        await wait_until(arrived, timeout_s, f"{kind.__name__} for {instance_id}")
-        return found[-1]
+    async def matching(
+        self,
+        kind: type[E],
+        instance_id: str | None = None,
+        where: Callable[[E], bool] | None = None,
+    ) -> list[E]:
+        """The events of a kind seen so far (fetching what arrived), about one instance and
+        passing ``where`` when given."""
+        return [
+            e
+            for e in await self.events()
+            if isinstance(e, kind)
+            and (instance_id is None or str(getattr(e, "instance_id", "")) == instance_id)
+            and (where is None or where(e))
+        ]
+
+    async def about(self, instance_id: str) -> list[Event]:
+        """Every event seen so far about one instance."""
+        return await self.matching(Event, instance_id)
+
+    async def wait_for(
+        self,
+        kind: type[E],
+        instance_id: str | None = None,
+        *,
+        count: int = 1,
+        where: Callable[[E], bool] | None = None,
+        timeout_s: float = 15,
+    ) -> E:
+        """Wait until ``count`` events match (as for ``matching``); return the ``count``-th."""
+        found: list[E] = []
+
+        async def enough() -> bool:
+            found[:] = await self.matching(kind, instance_id, where)
+            return len(found) >= count
+
+        about = f" about {instance_id}" if instance_id else ""
+        await wait_until(enough, timeout_s, f"{count} {kind.__name__}{about} on {self.subject}")
+        return found[count - 1]
+
+    async def wait_settled(
+        self,
+        kind: type[E],
+        instance_id: str | None = None,
+        *,
+        count: int = 1,
+        where: Callable[[E], bool] | None = None,
+        settle_s: float = 0.3,
+        timeout_s: float = 15,
+    ) -> list[E]:
+        """Wait until ``count`` events match, give any that should not come ``settle_s`` to
+        arrive too, and return every match."""
+        await self.wait_for(kind, instance_id, count=count, where=where, timeout_s=timeout_s)
+        await asyncio.sleep(settle_s)
+        return await self.matching(kind, instance_id, where)
+
+
+class Commands(StreamWatch):
+    """The provisioning commands the inventory published for one datacenter, in order."""
+
+    def __init__(self, nc: NatsClient, datacenter: str) -> None:
+        super().__init__(nc, "PROVISION", f"provision.{datacenter}.>", deliver=DeliverPolicy.ALL)
 
 
 @pytest.fixture
 async def commands(inventory: InventoryHarness, lab: Lab) -> AsyncIterator[Commands]:
     """The lab datacenter's provisioning commands."""
-    watcher = await Commands(inventory.nc, lab.datacenter).start()
-    yield watcher
-    await watcher._sub.unsubscribe()
+    async with Commands(inventory.nc, lab.datacenter) as watcher:
+        yield watcher
+
+
+class Placed(Protocol):
+    """A provisioning command: it names the instance and where it is."""
+
+    @property
+    def instance_id(self) -> UUID: ...
+    @property
+    def datacenter(self) -> str: ...
+    @property
+    def host(self) -> str: ...
+
+
+def report(kind: Callable[..., E], command: Placed, **fields: Any) -> E:
+    """A provisioner report about the instance of a command, from the host it names."""
+    return kind(
+        instance_id=command.instance_id,
+        datacenter=command.datacenter,
+        host=command.host,
+        **fields,
+    )
+
+
+def started(command: Placed, **fields: Any) -> InstanceStarted:
+    """The provisioner's report that the instance runs (now, unless ``occurred_at`` says)."""
+    at = fields.pop("occurred_at", None) or utc_now()
+    return report(
+        InstanceStarted,
+        command,
+        domain_uuid=uuid.uuid4(),
+        started_at=at,
+        occurred_at=at,
+        **fields,
+    )
+
+
+def stopped(command: Placed, **fields: Any) -> InstanceStopped:
+    """The provisioner's report that the instance stopped (now, unless ``occurred_at`` says)."""
+    at = fields.pop("occurred_at", None) or utc_now()
+    return report(InstanceStopped, command, stopped_at=at, occurred_at=at, **fields)
+
+
+async def applied(db: asyncpg.Connection, event: Event, timeout_s: float = 15) -> None:
+    """Wait until the inventory's consumer of the event has applied (or ignored) it."""
+
+    async def done() -> bool:
+        found = await db.fetchval(
+            "SELECT count(*) FROM inventory.inbox WHERE event_id = $1", event.event_id
+        )
+        return bool(found)
+
+    await wait_until(done, timeout_s, f"{type(event).__name__} {event.event_id} applied")
+
+
+async def claim_count(db: asyncpg.Connection, instance_id: str) -> int:
+    """Claim rows of one instance (0 or 1)."""
+    return int(
+        await db.fetchval(
+            "SELECT count(*) FROM inventory.claim WHERE id = $1", uuid.UUID(instance_id)
+        )
+    )
 
 
 async def state_of(inventory: InventoryHarness, lab: Lab, instance_id: str) -> dict[str, Any]:
@@ -344,3 +585,15 @@ async def wait_state(
 
     await wait_until(reached, timeout_s, f"instance {instance_id} {state}")
     return seen
+
+
+async def running_instance(
+    inventory: InventoryHarness, lab: Lab, commands: Commands, **overrides: Any
+) -> tuple[dict[str, Any], InstanceScheduled]:
+    """Request an instance and play the provisioner until it runs; return the running
+    instance and its scheduling command."""
+    created = await inventory.call("instances.request", lab.request(**overrides), token=lab.member)
+    assert created["state"] == "scheduled", created
+    scheduled = await commands.wait_for(InstanceScheduled, created["id"])
+    await inventory.publish(started(scheduled))
+    return await wait_state(inventory, lab, created["id"], "running"), scheduled

@@ -19,12 +19,10 @@ from decimal import Decimal
 from typing import Any
 
 import asyncpg
-import nats
 import pytest
-from nats.aio.client import Client as NatsClient
-from nats.js.api import ConsumerConfig, DeliverPolicy
+from nats.js.api import DeliverPolicy
 
-from compgrid_events import Event, registry
+from compgrid_events import Event
 from compgrid_events.auth import HardLimitBehaviour
 from compgrid_events.base import Money, utc_now
 from compgrid_events.billing import BudgetExhausted, BudgetState, BudgetStatusChanged
@@ -35,26 +33,25 @@ from compgrid_events.inventory import (
     InstanceScheduled,
     InstanceStopRequested,
 )
-from compgrid_events.provisioner import (
-    InstanceDeleted,
-    InstanceFailed,
-    InstanceStarted,
-    InstanceStopped,
-)
-from compgrid_inventory.adapters.tables import metadata
-from compgrid_inventory.entrypoints.rpc import register_routes
-from compgrid_inventory.use_cases.deps import Deps
+from compgrid_events.provisioner import InstanceDeleted, InstanceFailed, InstanceStopped
 from compgrid_runtime.app import ServiceApp
 from compgrid_runtime.errors import DomainError
 from tests.inventory.integration.conftest import (
     Commands,
     InventoryHarness,
     Lab,
+    StreamWatch,
+    applied,
+    budget_code,
+    claim_count,
+    extra_processes,
     make_lab,
+    report,
+    running_instance,
     state_of,
+    tag,
     wait_state,
 )
-from tests.runtime.integration.waiting import wait_until
 
 pytestmark = [pytest.mark.postgres, pytest.mark.nats]
 
@@ -65,24 +62,11 @@ GPU_HOURLY = Decimal("2.481")  # 4 vCPU, 8 GiB, 10 GiB, 1 a100
 SMALL_HOLD = SMALL_HOURLY * 24  # the default admission horizon is 24 h: 5.304 EUR
 
 
-def tag() -> str:
-    return uuid.uuid4().hex[:8]
-
-
 def eur(amount: str | Decimal) -> Money:
     return Money(amount=Decimal(amount), currency="EUR")
 
 
 # Looking behind the service ------------------------------------------------------------------
-
-
-async def claims_for(db: asyncpg.Connection, instance_id: str) -> int:
-    """Claim rows of one instance (0 or 1)."""
-    return int(
-        await db.fetchval(
-            "SELECT count(*) FROM inventory.claim WHERE id = $1", uuid.UUID(instance_id)
-        )
-    )
 
 
 async def lab_claimed(db: asyncpg.Connection, lab: Lab) -> tuple[int, int, int, int]:
@@ -136,14 +120,7 @@ async def publish_applied(
 ) -> None:
     """Publish an event as its owner would and wait until the inventory has applied it."""
     await inventory.publish(event)
-
-    async def applied() -> bool:
-        found = await db.fetchval(
-            "SELECT count(*) FROM inventory.inbox WHERE event_id = $1", event.event_id
-        )
-        return bool(found)
-
-    await wait_until(applied, 15, f"{type(event).__name__} {event.event_id} applied")
+    await applied(db, event)
 
 
 async def budget_status(
@@ -171,6 +148,23 @@ async def budget_status(
     return event
 
 
+async def exhausted(
+    inventory: InventoryHarness, db: asyncpg.Connection, lab: Lab, behaviour: HardLimitBehaviour
+) -> None:
+    """Billing's news that the lab's budget code is spent, applied."""
+    await publish_applied(
+        inventory,
+        db,
+        BudgetExhausted(
+            budget_code_id=uuid.UUID(lab.budget_code_id),
+            project_id=uuid.UUID(lab.project_id),
+            behaviour=behaviour,
+            spent=eur("10000"),
+            funding=eur("10000"),
+        ),
+    )
+
+
 @contextlib.asynccontextmanager
 async def holds_frozen(db: asyncpg.Connection, seconds: float = 1.0) -> AsyncIterator[None]:
     """Hold back every write to ``inventory.hold`` (reads go on) while the block runs and for
@@ -181,102 +175,11 @@ async def holds_frozen(db: asyncpg.Connection, seconds: float = 1.0) -> AsyncIte
         await asyncio.sleep(seconds)
 
 
-class Stream:
-    """Events of one stream under a subject filter (from the stream's start), decoded."""
-
-    def __init__(self, nc: NatsClient, stream: str, subject: str) -> None:
-        self._nc = nc
-        self._stream = stream
-        self._subject = subject
-        self._sub: Any = None
-        self.seen: list[Event] = []
-
-    async def __aenter__(self) -> Stream:
-        self._sub = await self._nc.jetstream().pull_subscribe(
-            self._subject,
-            stream=self._stream,
-            config=ConsumerConfig(deliver_policy=DeliverPolicy.ALL),
-        )
-        return self
-
-    async def __aexit__(self, *_: object) -> None:
-        await self._sub.unsubscribe()
-
-    async def collect(self) -> list[Event]:
-        try:
-            fetched = await self._sub.fetch(500, timeout=0.3)
-        except (TimeoutError, nats.errors.TimeoutError):
-            return self.seen
-        for msg in fetched:
-            await msg.ack()
-            self.seen.append(registry.decode(msg.subject, msg.data))
-        return self.seen
-
-    def about(self, instance_id: str) -> list[Any]:
-        return [e for e in self.seen if str(getattr(e, "instance_id", "")) == instance_id]
-
-    async def wait_for(self, instance_id: str, count: int = 1, timeout_s: float = 10) -> list[Any]:
-        """Wait for ``count`` events about the instance; return them (after a short settle)."""
-
-        async def enough() -> bool:
-            await self.collect()
-            return len(self.about(instance_id)) >= count
-
-        await wait_until(enough, timeout_s, f"{self._subject} for {instance_id}")
-        await asyncio.sleep(0.2)
-        await self.collect()
-        return self.about(instance_id)
-
-
-def started(scheduled: InstanceScheduled) -> InstanceStarted:
-    return InstanceStarted(
-        instance_id=scheduled.instance_id,
-        datacenter=scheduled.datacenter,
-        host=scheduled.host,
-        domain_uuid=uuid.uuid4(),
-        started_at=utc_now(),
-    )
-
-
-async def running_instance(
-    inventory: InventoryHarness, lab: Lab, commands: Commands, **overrides: Any
-) -> dict[str, Any]:
-    """Request a small instance and play the provisioner until it runs."""
-    created = await inventory.call("instances.request", lab.request(**overrides), token=lab.member)
-    assert created["state"] == "scheduled", created
-    scheduled = await commands.wait_for(InstanceScheduled, created["id"])
-    await inventory.publish(started(scheduled))
-    return await wait_state(inventory, lab, created["id"], "running")
-
-
-async def second_code(
-    inventory: InventoryHarness, db: asyncpg.Connection, lab: Lab, **fields: Any
-) -> str:
+async def second_code(inventory: InventoryHarness, db: asyncpg.Connection, lab: Lab) -> str:
     """Another budget code of the lab's project (through auth), once the inventory knows it."""
-    today = date.today()
-    code = await inventory.auth.call(
-        "budget_codes.create",
-        {
-            "project_id": lab.project_id,
-            "code": f"B-{tag()}",
-            "name": "second grant",
-            "funding_amount": "5000",
-            "currency": "EUR",
-            "valid_from": str(today - timedelta(days=30)),
-            "valid_to": str(today + timedelta(days=365)),
-            **fields,
-        },
-        token=lab.admin,
+    return await budget_code(
+        inventory, db, lab.project_id, code=f"B-{tag()}", name="second grant", funding="5000"
     )
-
-    async def projected() -> bool:
-        found = await db.fetchval(
-            "SELECT count(*) FROM inventory.budget WHERE id = $1", uuid.UUID(code["id"])
-        )
-        return bool(found)
-
-    await wait_until(projected, 20, "second budget code reaches the inventory")
-    return str(code["id"])
 
 
 # 1. Quotas ------------------------------------------------------------------------------------
@@ -312,7 +215,9 @@ async def test_instance_quota_rejects_without_a_claim_and_ending_instances_free_
     before = await lab_claimed(db, lab)
     assert before == (4, 4096, 0, 2)
 
-    async with Stream(inventory.nc, "INVENTORY", InstanceRejected.subject_for()) as rejections:
+    async with StreamWatch.of(
+        inventory.nc, InstanceRejected, deliver=DeliverPolicy.ALL
+    ) as rejections:
         over = await inventory.call("instances.request", lab.request(), token=lab.member)
         assert over["state"] == "rejected"
         assert over["reason_code"] == "quota_exceeded"
@@ -320,10 +225,10 @@ async def test_instance_quota_rejects_without_a_claim_and_ending_instances_free_
         assert "instances" in over["reason"], over["reason"]
         assert "2" in over["reason"]
         assert over["host"] is None
-        assert await claims_for(db, over["id"]) == 0
+        assert await claim_count(db, over["id"]) == 0
         assert await lab_claimed(db, lab) == before, "nothing is claimed for a rejected request"
         assert over["id"] not in await holds_of(db, lab.budget_code_id)
-        (event,) = await rejections.wait_for(over["id"])
+        (event,) = await rejections.wait_settled(InstanceRejected, over["id"], settle_s=0.2)
         assert event.reason_code == "quota_exceeded"
         assert event.version == over["version"]
     policy = await inventory.call("projects.get", {"project_id": lab.project_id}, token=lab.pi)
@@ -331,14 +236,7 @@ async def test_instance_quota_rejects_without_a_claim_and_ending_instances_free_
 
     # A failed instance gives its place in the quota back.
     scheduled = await commands.wait_for(InstanceScheduled, first["id"])
-    await inventory.publish(
-        InstanceFailed(
-            instance_id=scheduled.instance_id,
-            datacenter=scheduled.datacenter,
-            host=scheduled.host,
-            reason="disk image unreadable",
-        )
-    )
+    await inventory.publish(report(InstanceFailed, scheduled, reason="disk image unreadable"))
     await wait_state(inventory, lab, first["id"], "failed")
     third = await inventory.call("instances.request", lab.request(), token=lab.member)
     assert third["state"] == "scheduled", third
@@ -351,9 +249,7 @@ async def test_instance_quota_rejects_without_a_claim_and_ending_instances_free_
     still_over = await inventory.call("instances.request", lab.request(), token=lab.member)
     assert (still_over["state"], still_over["reason_code"]) == ("rejected", "quota_exceeded")
     gone = await commands.wait_for(InstanceScheduled, second["id"])
-    await inventory.publish(
-        InstanceDeleted(instance_id=gone.instance_id, datacenter=gone.datacenter, host=gone.host)
-    )
+    await inventory.publish(report(InstanceDeleted, gone))
     await wait_state(inventory, lab, second["id"], "deleted")
     fourth = await inventory.call("instances.request", lab.request(), token=lab.member)
     assert fourth["state"] == "scheduled", fourth
@@ -387,7 +283,7 @@ async def test_vcpu_memory_and_gpu_quotas_name_the_quota_exceeded(
         assert "quota" in refused["reason"], refused["reason"]
         assert named in refused["reason"], refused["reason"]
         assert number in refused["reason"], refused["reason"]
-        assert await claims_for(db, refused["id"]) == 0
+        assert await claim_count(db, refused["id"]) == 0
         assert await lab_claimed(db, lab) == before, limits
 
     # Within every limit the same kind of request goes through.
@@ -433,7 +329,7 @@ async def test_budget_limit_holds_and_states_as_billing_reports_them(
     assert short["reason_code"] == "budget_insufficient"
     assert "5.30" in short["reason"], short["reason"]
     assert "5.00" in short["reason"], short["reason"]
-    assert await claims_for(db, short["id"]) == 0
+    assert await claim_count(db, short["id"]) == 0
     assert await holds_of(db, lab.budget_code_id) == {}
 
     # A lease that ends in 12 h needs only 12 h of price.
@@ -463,7 +359,7 @@ async def test_budget_limit_holds_and_states_as_billing_reports_them(
         await budget_status(inventory, db, lab, version=version, available="9000", state=state)
         refused = await inventory.call("instances.request", lab.request(), token=lab.member)
         assert (refused["state"], refused["reason_code"]) == ("rejected", code), refused
-        assert await claims_for(db, refused["id"]) == 0
+        assert await claim_count(db, refused["id"]) == 0
 
     # An older status arriving late does not overwrite the newer one.
     await budget_status(inventory, db, lab, version=3, available="9000", state=BudgetState.OPEN)
@@ -485,7 +381,7 @@ async def test_a_budget_code_past_its_valid_to_rejects_as_expired(
     assert refused["state"] == "rejected"
     assert refused["reason_code"] == "budget_expired"
     assert str(date.today() - timedelta(days=1)) in refused["reason"], refused["reason"]
-    assert await claims_for(db, refused["id"]) == 0
+    assert await claim_count(db, refused["id"]) == 0
     assert await lab_claimed(db, lab) == (0, 0, 0, 0)
     assert await holds_of(db, lab.budget_code_id) == {}
 
@@ -494,20 +390,10 @@ async def test_exhaustion_that_stops_instances_stops_only_the_codes_instances(
     inventory: InventoryHarness, lab: Lab, commands: Commands, db: asyncpg.Connection
 ) -> None:
     other_code = await second_code(inventory, db, lab)
-    doomed = await running_instance(inventory, lab, commands)
-    spared = await running_instance(inventory, lab, commands, budget_code_id=other_code)
+    doomed, _ = await running_instance(inventory, lab, commands)
+    spared, _ = await running_instance(inventory, lab, commands, budget_code_id=other_code)
 
-    await publish_applied(
-        inventory,
-        db,
-        BudgetExhausted(
-            budget_code_id=uuid.UUID(lab.budget_code_id),
-            project_id=uuid.UUID(lab.project_id),
-            behaviour=HardLimitBehaviour.STOP_INSTANCES,
-            spent=eur("10000"),
-            funding=eur("10000"),
-        ),
-    )
+    await exhausted(inventory, db, lab, HardLimitBehaviour.STOP_INSTANCES)
     stop = await commands.wait_for(InstanceStopRequested, doomed["id"])
     stopping = await state_of(inventory, lab, doomed["id"])
     assert stopping["state"] == "stopping"
@@ -515,12 +401,9 @@ async def test_exhaustion_that_stops_instances_stops_only_the_codes_instances(
     assert stop.version == stopping["version"]
     assert "exhausted" in stop.reason
 
-    await commands.collect()
-    assert not [
-        e
-        for e in commands.seen
-        if isinstance(e, InstanceStopRequested) and str(e.instance_id) == spared["id"]
-    ], "an instance on another budget code is not stopped"
+    assert not await commands.matching(InstanceStopRequested, spared["id"]), (
+        "an instance on another budget code is not stopped"
+    )
     assert (await state_of(inventory, lab, spared["id"]))["state"] == "running"
 
     refused = await inventory.call("instances.request", lab.request(), token=lab.member)
@@ -534,29 +417,14 @@ async def test_exhaustion_that_stops_instances_stops_only_the_codes_instances(
 async def test_exhaustion_that_blocks_new_keeps_running_instances_running(
     inventory: InventoryHarness, lab: Lab, commands: Commands, db: asyncpg.Connection
 ) -> None:
-    running = await running_instance(inventory, lab, commands)
-    await publish_applied(
-        inventory,
-        db,
-        BudgetExhausted(
-            budget_code_id=uuid.UUID(lab.budget_code_id),
-            project_id=uuid.UUID(lab.project_id),
-            behaviour=HardLimitBehaviour.BLOCK_NEW,
-            spent=eur("10000"),
-            funding=eur("10000"),
-        ),
-    )
+    running, _ = await running_instance(inventory, lab, commands)
+    await exhausted(inventory, db, lab, HardLimitBehaviour.BLOCK_NEW)
     refused = await inventory.call("instances.request", lab.request(), token=lab.member)
     assert (refused["state"], refused["reason_code"]) == ("rejected", "budget_exhausted")
-    assert await claims_for(db, refused["id"]) == 0
+    assert await claim_count(db, refused["id"]) == 0
 
     await asyncio.sleep(0.3)
-    await commands.collect()
-    assert not [
-        e
-        for e in commands.seen
-        if isinstance(e, InstanceStopRequested) and str(e.instance_id) == running["id"]
-    ]
+    assert not await commands.matching(InstanceStopRequested, running["id"])
     after = await state_of(inventory, lab, running["id"])
     assert (after["state"], after["version"]) == ("running", running["version"])
 
@@ -567,19 +435,8 @@ async def test_exhaustion_that_blocks_new_keeps_running_instances_running(
 @pytest.fixture
 async def rpc_processes(inventory: InventoryHarness) -> AsyncIterator[list[ServiceApp]]:
     """Two more inventory processes answering requests, so requests really run at once."""
-    apps: list[ServiceApp] = []
-    try:
-        for _ in range(2):
-            settings = inventory.deps.settings
-            app = ServiceApp(settings, metadata)
-            register_routes(app.rpc, Deps(uow=app.unit_of_work, settings=settings))
-            await app.start()
-            apps.append(app)
-            await asyncio.wait_for(app.keys.ready.wait(), 10)
+    async with extra_processes(inventory, 2) as apps:
         yield apps
-    finally:
-        for app in apps:
-            await app.stop()
 
 
 async def test_concurrent_requests_never_hold_more_than_a_code_has_left(
@@ -641,17 +498,10 @@ async def test_concurrent_restarts_never_hold_more_than_a_code_has_left(
     so concurrent starts must not overspend a code any more than concurrent requests may."""
     stopped = []
     for _ in range(6):
-        running = await running_instance(inventory, lab, commands)
+        running, _ = await running_instance(inventory, lab, commands)
         await inventory.call("instances.stop", {"instance_id": running["id"]}, token=lab.member)
         command = await commands.wait_for(InstanceStopRequested, running["id"])
-        await inventory.publish(
-            InstanceStopped(
-                instance_id=command.instance_id,
-                datacenter=command.datacenter,
-                host=command.host,
-                stopped_at=utc_now(),
-            )
-        )
+        await inventory.publish(report(InstanceStopped, command, stopped_at=utc_now()))
         stopped.append(running["id"])
     for iid in stopped:
         await wait_state(inventory, lab, iid, "stopped")
@@ -691,6 +541,15 @@ async def pi_user_id(db: asyncpg.Connection, lab: Lab) -> uuid.UUID:
     return found
 
 
+async def gpus_need_approval(inventory: InventoryHarness, lab: Lab) -> None:
+    """The lab's PI has its members' GPU requests wait for approval."""
+    await inventory.call(
+        "projects.set_policy",
+        {"project_id": lab.project_id, "approval_for_gpus": True},
+        token=lab.pi,
+    )
+
+
 async def test_only_the_pi_sets_the_approval_policy(inventory: InventoryHarness, lab: Lab) -> None:
     body = {"project_id": lab.project_id, "approval_for_gpus": True}
     assert (await inventory.refused("projects.set_policy", body, token=lab.member)).status == 403
@@ -705,14 +564,10 @@ async def test_only_the_pi_sets_the_approval_policy(inventory: InventoryHarness,
 async def test_a_gpu_request_waits_for_the_pi_who_approves_it(
     inventory: InventoryHarness, lab: Lab, commands: Commands, db: asyncpg.Connection
 ) -> None:
-    await inventory.call(
-        "projects.set_policy",
-        {"project_id": lab.project_id, "approval_for_gpus": True},
-        token=lab.pi,
-    )
+    await gpus_need_approval(inventory, lab)
     async with (
-        Stream(inventory.nc, "INVENTORY", ApprovalRequested.subject_for()) as asked,
-        Stream(inventory.nc, "INVENTORY", ApprovalDecided.subject_for()) as decided,
+        StreamWatch.of(inventory.nc, ApprovalRequested, deliver=DeliverPolicy.ALL) as asked,
+        StreamWatch.of(inventory.nc, ApprovalDecided, deliver=DeliverPolicy.ALL) as decided,
     ):
         waiting = await inventory.call(
             "instances.request", lab.request(instance_type=lab.gpu), token=lab.member
@@ -720,17 +575,16 @@ async def test_a_gpu_request_waits_for_the_pi_who_approves_it(
         assert (waiting["state"], waiting["version"]) == ("pending_approval", 1)
         assert waiting["host"] is None
         iid = waiting["id"]
-        (request,) = await asked.wait_for(iid)
+        (request,) = await asked.wait_settled(ApprovalRequested, iid, settle_s=0.2)
         assert str(request.requested_by) == lab.member_id
         assert str(request.project_id) == lab.project_id
         assert request.instance_type == lab.gpu
         assert request.hourly_price == GPU_HOURLY
         assert "GPU" in request.why
-        assert await claims_for(db, iid) == 0
+        assert await claim_count(db, iid) == 0
         assert await lab_claimed(db, lab) == (0, 0, 0, 0)
         assert iid not in await holds_of(db, lab.budget_code_id)
-        await commands.collect()
-        assert not [e for e in commands.seen if str(getattr(e, "instance_id", "")) == iid]
+        assert not await commands.about(iid)
 
         # A member cannot decide; the PI approves and admission places it.
         error = await inventory.refused("instances.approve", {"instance_id": iid}, token=lab.member)
@@ -743,8 +597,8 @@ async def test_a_gpu_request_waits_for_the_pi_who_approves_it(
         assert approved["version"] == 3  # pending_approval → requested → scheduled
         scheduled = await commands.wait_for(InstanceScheduled, iid)
         assert scheduled.host == "gpu0"
-        assert await claims_for(db, iid) == 1
-        (decision,) = await decided.wait_for(iid)
+        assert await claim_count(db, iid) == 1
+        (decision,) = await decided.wait_settled(ApprovalDecided, iid, settle_s=0.2)
         assert decision.approved is True
         assert decision.version == 2
         assert decision.decided_by == await pi_user_id(db, lab)
@@ -756,7 +610,7 @@ async def test_a_gpu_request_waits_for_the_pi_who_approves_it(
         after = await state_of(inventory, lab, iid)
         assert (after["state"], after["version"]) == ("scheduled", 3)
         await asyncio.sleep(0.2)
-        assert len(await decided.wait_for(iid)) == 1
+        assert len(await decided.wait_settled(ApprovalDecided, iid, settle_s=0.2)) == 1
 
         # The PI's own GPU request does not wait.
         own = await inventory.call(
@@ -764,19 +618,14 @@ async def test_a_gpu_request_waits_for_the_pi_who_approves_it(
         )
         assert own["state"] == "scheduled", own
         await asyncio.sleep(0.3)
-        await asked.collect()
-        assert asked.about(own["id"]) == []
+        assert await asked.about(own["id"]) == []
 
 
 async def test_a_denial_needs_a_reason_and_rejects_with_it(
     inventory: InventoryHarness, lab: Lab, commands: Commands, db: asyncpg.Connection
 ) -> None:
-    await inventory.call(
-        "projects.set_policy",
-        {"project_id": lab.project_id, "approval_for_gpus": True},
-        token=lab.pi,
-    )
-    async with Stream(inventory.nc, "INVENTORY", ApprovalDecided.subject_for()) as decided:
+    await gpus_need_approval(inventory, lab)
+    async with StreamWatch.of(inventory.nc, ApprovalDecided, deliver=DeliverPolicy.ALL) as decided:
         waiting = await inventory.call(
             "instances.request", lab.request(instance_type=lab.gpu), token=lab.member
         )
@@ -804,12 +653,11 @@ async def test_a_denial_needs_a_reason_and_rejects_with_it(
         assert denied["reason_code"] == "denied"
         assert "use the CPU queue first" in denied["reason"]
         assert denied["version"] == 2
-        (decision,) = await decided.wait_for(iid)
+        (decision,) = await decided.wait_settled(ApprovalDecided, iid, settle_s=0.2)
         assert decision.approved is False
         assert decision.reason == "use the CPU queue first"
-        assert await claims_for(db, iid) == 0
-        await commands.collect()
-        assert not [e for e in commands.seen if str(getattr(e, "instance_id", "")) == iid]
+        assert await claim_count(db, iid) == 0
+        assert not await commands.about(iid)
 
         later = await inventory.refused("instances.approve", {"instance_id": iid}, token=lab.pi)
         assert (later.status, later.code) == (409, "illegal_transition")
@@ -818,11 +666,7 @@ async def test_a_denial_needs_a_reason_and_rejects_with_it(
 async def test_an_approved_request_still_goes_through_admission(
     inventory: InventoryHarness, lab: Lab, db: asyncpg.Connection
 ) -> None:
-    await inventory.call(
-        "projects.set_policy",
-        {"project_id": lab.project_id, "approval_for_gpus": True},
-        token=lab.pi,
-    )
+    await gpus_need_approval(inventory, lab)
     await inventory.call(
         "projects.set_quota", {"project_id": lab.project_id, "max_gpus": 1}, token=lab.admin
     )
@@ -837,16 +681,12 @@ async def test_an_approved_request_still_goes_through_admission(
     assert approved["state"] == "scheduled"
     over = await inventory.call("instances.approve", {"instance_id": second["id"]}, token=lab.pi)
     assert (over["state"], over["reason_code"]) == ("rejected", "quota_exceeded"), over
-    assert await claims_for(db, second["id"]) == 0
+    assert await claim_count(db, second["id"]) == 0
     assert await lab_claimed(db, lab) == (4, 8192, 1, 1)
 
 
 async def test_a_denial_reason_must_say_something(inventory: InventoryHarness, lab: Lab) -> None:
-    await inventory.call(
-        "projects.set_policy",
-        {"project_id": lab.project_id, "approval_for_gpus": True},
-        token=lab.pi,
-    )
+    await gpus_need_approval(inventory, lab)
     waiting = await inventory.call(
         "instances.request", lab.request(instance_type=lab.gpu), token=lab.member
     )
@@ -870,7 +710,7 @@ async def test_requests_above_the_price_limit_wait_and_cheaper_ones_do_not(
         token=lab.pi,
     )
     assert Decimal(policy["requires_approval_above"]["amount"]) == Decimal("0.50")
-    async with Stream(inventory.nc, "INVENTORY", ApprovalRequested.subject_for()) as asked:
+    async with StreamWatch.of(inventory.nc, ApprovalRequested, deliver=DeliverPolicy.ALL) as asked:
         cheap = await inventory.call("instances.request", lab.request(), token=lab.member)
         assert cheap["state"] == "scheduled", cheap
         dear = await inventory.call(
@@ -878,15 +718,15 @@ async def test_requests_above_the_price_limit_wait_and_cheaper_ones_do_not(
         )
         assert dear["state"] == "pending_approval", dear
         assert Decimal(dear["hourly_price"]["amount"]) == BIG_HOURLY
-        assert await claims_for(db, dear["id"]) == 0
-        (request,) = await asked.wait_for(dear["id"])
+        assert await claim_count(db, dear["id"]) == 0
+        (request,) = await asked.wait_settled(ApprovalRequested, dear["id"], settle_s=0.2)
         assert "0.88" in request.why, request.why
         assert "0.50" in request.why, request.why
-        assert asked.about(cheap["id"]) == []
+        assert await asked.about(cheap["id"]) == []
 
     approved = await inventory.call("instances.approve", {"instance_id": dear["id"]}, token=lab.pi)
     assert approved["state"] == "scheduled"
-    assert await claims_for(db, dear["id"]) == 1
+    assert await claim_count(db, dear["id"]) == 1
 
 
 # 5. Bad input changes nothing -----------------------------------------------------------------

@@ -4,12 +4,10 @@ reports move the state, late and repeated reports never move it backwards, claim
 from __future__ import annotations
 
 import uuid
-from typing import Any
 
 import asyncpg
 import pytest
 
-from compgrid_events.base import utc_now
 from compgrid_events.inventory import (
     InstanceDeleteRequested,
     InstanceRebootRequested,
@@ -17,15 +15,14 @@ from compgrid_events.inventory import (
     InstanceStartRequested,
     InstanceStopRequested,
 )
-from compgrid_events.provisioner import (
-    InstanceDeleted,
-    InstanceStarted,
-    InstanceStopped,
-)
+from compgrid_events.provisioner import InstanceDeleted
 from tests.inventory.integration.conftest import (
     Commands,
     InventoryHarness,
     Lab,
+    report,
+    started,
+    stopped,
     wait_state,
 )
 
@@ -37,15 +34,6 @@ async def claimed(db: asyncpg.Connection, host_id: str) -> int:
         "SELECT claimed_vcpus FROM inventory.host WHERE id = $1", uuid.UUID(host_id)
     )
     return int(value)
-
-
-def report(kind: type[Any], scheduled: InstanceScheduled, **fields: Any) -> Any:
-    return kind(
-        instance_id=scheduled.instance_id,
-        datacenter=scheduled.datacenter,
-        host=scheduled.host,
-        **fields,
-    )
 
 
 async def test_request_start_stop_start_delete(
@@ -63,31 +51,21 @@ async def test_request_start_stop_start_delete(
     host_id = lab.hosts[scheduled.host]
     assert await claimed(db, host_id) == 2
 
-    await inventory.publish(
-        report(
-            InstanceStarted,
-            scheduled,
-            domain_uuid=uuid.uuid4(),
-            started_at=utc_now(),
-            addresses=("10.0.0.5",),
-        )
-    )
+    await inventory.publish(started(scheduled, addresses=("10.0.0.5",)))
     running = await wait_state(inventory, lab, iid, "running")
     assert running["addresses"] == ["10.0.0.5"]
 
     stopping = await inventory.call("instances.stop", {"instance_id": iid}, token=lab.member)
     assert stopping["state"] == "stopping"
     await commands.wait_for(InstanceStopRequested, iid)
-    await inventory.publish(report(InstanceStopped, scheduled, stopped_at=utc_now()))
+    await inventory.publish(stopped(scheduled))
     await wait_state(inventory, lab, iid, "stopped")
     assert await claimed(db, host_id) == 2, "a stopped instance keeps its place on the host"
 
     starting = await inventory.call("instances.start", {"instance_id": iid}, token=lab.member)
     assert starting["state"] == "starting"
     await commands.wait_for(InstanceStartRequested, iid)
-    await inventory.publish(
-        report(InstanceStarted, scheduled, domain_uuid=uuid.uuid4(), started_at=utc_now())
-    )
+    await inventory.publish(started(scheduled))
     await wait_state(inventory, lab, iid, "running")
 
     await inventory.call("instances.reboot", {"instance_id": iid}, token=lab.member)

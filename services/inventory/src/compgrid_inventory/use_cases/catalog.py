@@ -371,6 +371,17 @@ def _rates(row: Any) -> Rates:
 
 
 async def _add_rates(uow: UnitOfWork, tier: Any, effective_from: datetime, rates: Rates) -> None:
+    kinds = await uow.session.execute(
+        select(instance_type).where(instance_type.c.price_tier_id == tier.id)
+    )
+    for kind in kinds.all():  # every type of the tier must stay priced, retired ones too
+        hourly_price(
+            rates,
+            vcpus=kind.vcpus,
+            memory_mib=kind.memory_mib,
+            disk_gib=kind.disk_gib,
+            gpus=kind.gpus,
+        )
     statement = (
         pg_insert(price_rate)
         .values(

@@ -189,13 +189,9 @@ async def _recount(uow: UnitOfWork) -> int:
         for entry in row.gpus:
             for model, count in entry.items():
                 gpus[model] = gpus.get(model, 0) + int(count)
+        counted = {model: n for model, n in row.claimed_gpus.items() if n}
         wanted = (row.vcpus, row.memory_mib, row.disk_gib, gpus)
-        if wanted == (
-            row.claimed_vcpus,
-            row.claimed_memory_mib,
-            row.claimed_disk_gib,
-            row.claimed_gpus,
-        ):
+        if wanted == (row.claimed_vcpus, row.claimed_memory_mib, row.claimed_disk_gib, counted):
             continue
         try:
             async with uow.session.begin_nested():
