@@ -151,3 +151,17 @@ async def test_process_exits_on_sigterm_even_when_nats_is_gone(sample: Sample, t
         assert await asyncio.to_thread(consumer.wait, 60) == 0
     finally:
         private.stop()
+
+
+async def test_process_exits_on_sigterm_while_still_starting(sample: Sample) -> None:
+    # NATS is not there at all: the start keeps retrying the connection when the signal comes.
+    sample.env["COMPGRID_SAMPLE_NATS_URL"] = f"nats://127.0.0.1:{free_port()}"
+    consumer = sample.spawn("consume")
+    try:
+        await asyncio.sleep(3.0)
+        assert consumer.poll() is None, "the process must still be trying to start"
+        consumer.send_signal(signal.SIGTERM)
+        assert await asyncio.to_thread(consumer.wait, 30) == 0
+    finally:
+        if consumer.poll() is None:
+            consumer.kill()

@@ -167,16 +167,21 @@ class ServiceApp:
         drained = await self.consumers.drain(self.settings.shutdown_grace_s * 0.75)
         for task in self._tasks:
             task.cancel()
+        # Only what was started is stopped: a stop may come while the process is starting.
         steps: list[tuple[str, Awaitable[Any]]] = [
             ("background", asyncio.gather(*self._tasks, return_exceptions=True)),
             ("broker", self.broker.stop()),
-            ("keys", self.keys.stop()),
-            ("outbox", self.relay.stop()),
         ]
+        if (keys := getattr(self, "keys", None)) is not None:
+            steps.append(("keys", keys.stop()))
+        if (relay := getattr(self, "relay", None)) is not None:
+            steps.append(("outbox", relay.stop()))
         if self.health is not None:
             steps.append(("health", self.health.stop()))
-        # Draining a connection that is not there only waits for reconnects that cannot happen.
-        steps.append(("nats", self.nc.drain() if self.nc.is_connected else self.nc.close()))
+        if (nc := getattr(self, "nc", None)) is not None:
+            # Draining a connection that is not there only waits for reconnects that cannot
+            # happen.
+            steps.append(("nats", nc.drain() if nc.is_connected else nc.close()))
         steps.append(("database", self.engine.dispose()))
         for step, work in steps:
             remaining = deadline - asyncio.get_running_loop().time()
@@ -185,13 +190,26 @@ class ServiceApp:
         log.info("service stopped", drained=drained, abandoned_steps=self._abandoned)
 
     async def run(self) -> None:
-        """Start, wait for SIGTERM or SIGINT, then stop gracefully."""
+        """Start, wait for SIGTERM or SIGINT, then stop gracefully.
+
+        A signal that arrives while the process is still starting (say the bus is unreachable
+        and the connection keeps retrying) gives up the start and stops just the same.
+        """
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
-        await self.start()
-        await stop.wait()
+        starting = asyncio.ensure_future(self.start())
+        stopping = asyncio.ensure_future(stop.wait())
+        await asyncio.wait({starting, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        if starting.done():
+            starting.result()  # a failed start ends the process with its error
+            await stopping
+        else:
+            log.warning("stop requested while starting; giving up the start")
+            stopping.cancel()
+            if not await _bounded("start", starting, 5.0):
+                self._abandoned += 1
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(sig)  # a second signal ends the process at once
         await self.stop()
