@@ -416,11 +416,10 @@ class StreamWatch:
             fetched = await self._sub.fetch(500, timeout=0.3)
         except (TimeoutError, nats.errors.TimeoutError):
             return self.messages
-        now = utc_now()
         for msg in fetched:
             await msg.ack()
             self.messages.append(msg)
-            self._received.append(now)
+            self._received.append(msg.metadata.timestamp)
         return self.messages
 
     async def events(self) -> list[Event]:
@@ -430,7 +429,7 @@ class StreamWatch:
         return list(self._events)
 
     def received_at(self, event: Event) -> datetime:
-        """When this watch fetched an event it returned."""
+        """When the server stored an event this watch returned (its publication time)."""
         return self._received[next(i for i, e in enumerate(self._events) if e is event)]
 
     async def matching(
