@@ -116,7 +116,9 @@ async def request_instance(deps: Deps, caller: Caller, body: RequestInstance) ->
     return instance_public(row)
 
 
-async def _request(deps: Deps, uow: UnitOfWork, principal: Principal, body: Any, kind: Any) -> Any:
+async def _request(
+    deps: Deps, uow: UnitOfWork, principal: Principal, body: RequestInstance, kind: Any
+) -> Any:
     """Validate, record and admit one request (shared by both ways of asking)."""
     session = uow.session
     now = utc_now()
@@ -132,7 +134,7 @@ async def _request(deps: Deps, uow: UnitOfWork, principal: Principal, body: Any,
         )
     if body.datacenter is not None:
         await datacenter_by_name(session, body.datacenter)
-    labels = dict(getattr(body, "labels", {}))
+    labels = dict(body.labels)
     demand = Demand(kind.vcpus, kind.memory_mib, kind.disk_gib, dict(kind.gpus))
     await _feasible(uow, demand, Constraints(body.datacenter, labels))
     rates = await current_rates(session, kind.price_tier_id)
