@@ -11,7 +11,7 @@ from decimal import Decimal
 from typing import Annotated
 from uuid import UUID
 
-from pydantic import Field, StringConstraints, field_validator
+from pydantic import AfterValidator, Field, StringConstraints
 
 from compgrid_events.auth_api import Limit, Page
 from compgrid_events.base import Contract, Currency, Money, RoutingToken, UtcDatetime
@@ -31,6 +31,17 @@ Labels = dict[
     Annotated[str, Field(min_length=1, max_length=64)], Annotated[str, Field(max_length=64)]
 ]
 Cursor = Annotated[str | None, Field(default=None, max_length=100)]
+
+
+def _openssh_public_key(value: str) -> str:
+    value = value.strip()
+    parts = value.split()
+    if len(parts) < 2 or not parts[0].startswith(("ssh-", "ecdsa-", "sk-")) or "\n" in value:
+        raise ValueError("not an OpenSSH public key (one line: type, key, comment)")
+    return value
+
+
+SshPublicKey = Annotated[str, Field(max_length=16_384), AfterValidator(_openssh_public_key)]
 
 __all__ = ["Page"]
 
@@ -269,19 +280,8 @@ class RequestInstance(Contract):
     image: str = Field(min_length=1, max_length=64, description="image name or id")
     datacenter: RoutingToken | None = None
     labels: Labels = Field(default_factory=dict, description="hosts must carry these labels")
-    ssh_public_key: str | None = Field(default=None, max_length=16_384)
+    ssh_public_key: SshPublicKey | None = None
     lease_ends_at: UtcDatetime | None = None
-
-    @field_validator("ssh_public_key")
-    @classmethod
-    def _looks_like_a_key(cls, value: str | None) -> str | None:
-        if value is None:
-            return None
-        value = value.strip()
-        parts = value.split()
-        if len(parts) < 2 or not parts[0].startswith(("ssh-", "ecdsa-", "sk-")) or "\n" in value:
-            raise ValueError("not an OpenSSH public key (one line: type, key, comment)")
-        return value
 
 
 class Requirements(Contract):
@@ -306,7 +306,7 @@ class RequestByRequirements(Contract):
         default=None, min_length=1, max_length=64, description="default: newest of the system type"
     )
     datacenter: RoutingToken | None = None
-    ssh_public_key: str | None = Field(default=None, max_length=16_384)
+    ssh_public_key: SshPublicKey | None = None
     lease_ends_at: UtcDatetime | None = None
 
 

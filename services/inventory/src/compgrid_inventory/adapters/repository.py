@@ -21,6 +21,7 @@ from compgrid_inventory.adapters.tables import (
     image,
     instance,
     instance_type,
+    price_tier,
     project,
 )
 from compgrid_inventory.domain.admission import Size
@@ -136,19 +137,30 @@ async def project_usage(
     )
 
 
-async def _by_name_or_id(session: AsyncSession, table: Any, ref: str, field: str, what: str) -> Any:
+async def _by_name_or_id(
+    session: AsyncSession, query: Select[Any], table: Any, ref: str, field: str, what: str
+) -> Any:
     condition = table.c.name == ref
     with contextlib.suppress(ValueError):
         condition = or_(condition, table.c.id == UUID(ref))
-    row = (await session.execute(select(table).where(condition))).first()
+    row = (await session.execute(query.where(condition))).first()
     if row is None:
         raise NotFound(f"no {what} {ref}", code=f"unknown_{field}", field=field)
     return row
 
 
 async def find_type(session: AsyncSession, ref: str) -> Any:
-    """An instance type by name or id that takes new instances."""
-    row = await _by_name_or_id(session, instance_type, ref, "instance_type", "instance type")
+    """An instance type by name or id that takes new instances, with its tier's currency."""
+    row = await _by_name_or_id(
+        session,
+        select(instance_type, price_tier.c.currency).join(
+            price_tier, price_tier.c.id == instance_type.c.price_tier_id
+        ),
+        instance_type,
+        ref,
+        "instance_type",
+        "instance type",
+    )
     if row.retired_at is not None:
         raise Conflict(
             f"instance type {row.name} is retired: it takes no new instances",
@@ -160,16 +172,4 @@ async def find_type(session: AsyncSession, ref: str) -> Any:
 
 async def find_image(session: AsyncSession, ref: str) -> Any:
     """An image by name or id."""
-    return await _by_name_or_id(session, image, ref, "image", "image")
-
-
-async def name_taken(session: AsyncSession, project_id: UUID, name: str) -> bool:
-    """True when a live (not deleted or rejected) instance of the project has this name."""
-    found = await session.scalar(
-        select(instance.c.id).where(
-            instance.c.project_id == project_id,
-            instance.c.name == name,
-            instance.c.state.not_in([InstanceState.DELETED.value, InstanceState.REJECTED.value]),
-        )
-    )
-    return found is not None
+    return await _by_name_or_id(session, select(image), image, ref, "image", "image")

@@ -500,20 +500,21 @@ async def current_rates(session: AsyncSession, tier_id: UUID) -> Rates | None:
 # Instance types ---------------------------------------------------------------------------
 
 
+async def current_price(session: AsyncSession, kind: Any) -> Decimal | None:
+    """One hour of an instance type at its tier's rates in effect now (None: not priced now)."""
+    rates = await current_rates(session, kind.price_tier_id)
+    if rates is None or not set(kind.gpus) <= set(rates.gpu_hour):
+        return None
+    return hourly_price(
+        rates, vcpus=kind.vcpus, memory_mib=kind.memory_mib, disk_gib=kind.disk_gib, gpus=kind.gpus
+    )
+
+
 async def _type_public(
     session: AsyncSession, row: Any, tier_name: str, currency: str
 ) -> InstanceTypePublic:
-    rates = await current_rates(session, row.price_tier_id)
-    price = None
-    if rates is not None and set(row.gpus) <= set(rates.gpu_hour):
-        amount = hourly_price(
-            rates,
-            vcpus=row.vcpus,
-            memory_mib=row.memory_mib,
-            disk_gib=row.disk_gib,
-            gpus=row.gpus,
-        )
-        price = Money(amount=amount, currency=currency)
+    amount = await current_price(session, row)
+    price = None if amount is None else Money(amount=amount, currency=currency)
     return InstanceTypePublic(
         id=row.id,
         name=row.name,

@@ -31,7 +31,7 @@ from compgrid_inventory.adapters.repository import get_instance, instance_query
 from compgrid_inventory.adapters.tables import budget, datacenter, hold, host, instance, project
 from compgrid_inventory.domain.lifecycle import UP, Report, after_report
 from compgrid_inventory.use_cases.catalog import set_host
-from compgrid_inventory.use_cases.lifecycle import release_hold, request_stop, transition
+from compgrid_inventory.use_cases.lifecycle import request_stop, transition
 from compgrid_runtime.logs import get_logger
 from compgrid_runtime.retry import PermanentError
 from compgrid_runtime.uow import UnitOfWork
@@ -196,9 +196,6 @@ async def on_started(event: InstanceStarted, uow: UnitOfWork) -> None:
 async def on_stopped(event: InstanceStopped, uow: UnitOfWork) -> None:
     """The domain stopped: it keeps its host, but no longer draws on the budget."""
     await _apply(uow, event, Report.STOPPED)
-    row = await get_instance(uow.session, event.instance_id)
-    if row.state == S.STOPPED:
-        await release_hold(uow, row.id)
 
 
 async def on_failed(event: InstanceFailed, uow: UnitOfWork) -> None:

@@ -45,7 +45,6 @@ from compgrid_inventory.adapters.repository import (
     get_project,
     instance_public,
     instance_query,
-    name_taken,
 )
 from compgrid_inventory.adapters.tables import (
     datacenter,
@@ -58,7 +57,7 @@ from compgrid_inventory.domain.admission import Policy, Refused, approval_needed
 from compgrid_inventory.domain.lifecycle import Action, after_action
 from compgrid_inventory.domain.placement import Constraints, Demand, NoPlacement, Strategy
 from compgrid_inventory.domain.pricing import hourly_price
-from compgrid_inventory.use_cases.catalog import current_rates, datacenter_by_name
+from compgrid_inventory.use_cases.catalog import current_price, current_rates, datacenter_by_name
 from compgrid_inventory.use_cases.deps import Deps
 from compgrid_inventory.use_cases.lifecycle import (
     admit,
@@ -143,11 +142,7 @@ async def _request(
     price = hourly_price(
         rates, vcpus=kind.vcpus, memory_mib=kind.memory_mib, disk_gib=kind.disk_gib, gpus=kind.gpus
     )
-    currency = await _tier_currency(uow, kind.price_tier_id)
-    if await name_taken(session, body.project_id, body.name):
-        raise Conflict(
-            f"the project has an instance named {body.name}", code="name_taken", field="name"
-        )
+    currency = kind.currency
     policy = Policy(
         approval_above=None
         if project_row.approval_above_amount is None
@@ -184,7 +179,7 @@ async def _request(
         "version": 1,
         "lease_ends_at": _lease_end(body.lease_ends_at, project_row.default_lease_hours, now),
     }
-    try:
+    try:  # the partial unique index on live names decides, also between concurrent requests
         async with session.begin_nested():
             await session.execute(insert(instance).values(**values))
     except IntegrityError:
@@ -213,13 +208,6 @@ async def _request(
         )
         return row
     return await admit(deps, uow, row, project_row)
-
-
-async def _tier_currency(uow: UnitOfWork, tier_id: UUID) -> str:
-    currency = await uow.session.scalar(
-        select(price_tier.c.currency).where(price_tier.c.id == tier_id)
-    )
-    return str(currency)
 
 
 async def request_by_requirements(
@@ -270,7 +258,7 @@ async def _cheapest(uow: UnitOfWork, wanted: Any, datacenter: str | None, curren
     session = uow.session
     rows = (
         await session.execute(
-            select(instance_type)
+            select(instance_type, price_tier.c.currency)
             .join(price_tier, price_tier.c.id == instance_type.c.price_tier_id)
             .where(
                 price_tier.c.currency == currency,
@@ -299,13 +287,9 @@ async def _cheapest(uow: UnitOfWork, wanted: Any, datacenter: str | None, curren
         )
     priced = []
     for row in matching:
-        rates = await current_rates(session, row.price_tier_id)
-        if rates is None or not set(row.gpus) <= set(rates.gpu_hour):
-            continue
-        price = hourly_price(
-            rates, vcpus=row.vcpus, memory_mib=row.memory_mib, disk_gib=row.disk_gib, gpus=row.gpus
-        )
-        priced.append((price, row.name, row))
+        price = await current_price(session, row)
+        if price is not None:
+            priced.append((price, row.name, row))
     priced.sort(key=lambda p: (p[0], p[1]))
     affordable = [
         p for p in priced if wanted.max_hourly_price is None or p[0] <= wanted.max_hourly_price
@@ -463,9 +447,7 @@ async def _decide(
 async def set_lease(deps: Deps, caller: Caller, body: SetLease) -> InstancePublic:
     """Move (or drop) an instance's lease end; the warning is sent again for the new end."""
     principal = caller.require()
-    now = utc_now()
-    if body.lease_ends_at is not None and body.lease_ends_at <= now:
-        raise Invalid("lease_ends_at: must be in the future", field="lease_ends_at")
+    lease_ends_at = _lease_end(body.lease_ends_at, None, utc_now())
     async with deps.uow() as uow:
         row = await get_instance(uow.session, body.instance_id, lock=True)
         require_project_member(principal, principal.project_role(row.project_id))
@@ -475,7 +457,7 @@ async def set_lease(deps: Deps, caller: Caller, body: SetLease) -> InstancePubli
             update(instance)
             .where(instance.c.id == row.id)
             .values(
-                lease_ends_at=body.lease_ends_at,
+                lease_ends_at=lease_ends_at,
                 lease_warned_at=None,
                 lease_stopped_at=None,
                 updated_at=func.now(),

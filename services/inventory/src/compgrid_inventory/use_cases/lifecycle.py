@@ -70,6 +70,7 @@ async def transition(
     )
     if state not in LIVE:
         await claims.release(uow.session, row.id)
+    if state not in LIVE or state is S.STOPPED:  # a stopped instance no longer draws money
         await release_hold(uow, row.id)
     new = await get_instance(uow.session, row.id)
     uow.emit(
