@@ -58,4 +58,9 @@ class LoginThrottle:
             f"{self._prefix}fail:acct:{email}", f"{self._prefix}lock:acct:{email}"
         )
         if address:
-            await self._redis.decr(f"{self._prefix}fail:addr:{address}")
+            # The count may have expired since the attempt: never leave a key without a TTL.
+            key = f"{self._prefix}fail:addr:{address}"
+            pipe = self._redis.pipeline()
+            pipe.decr(key)
+            pipe.expire(key, WINDOW_S)
+            await pipe.execute()
