@@ -36,11 +36,11 @@ from compgrid_events.inventory import (
 from compgrid_events.provisioner import InstanceDeleted, InstanceFailed, InstanceStopped
 from compgrid_runtime.app import ServiceApp
 from compgrid_runtime.errors import DomainError
+from tests.harness.streams import StreamWatch
 from tests.inventory.integration.conftest import (
     Commands,
     InventoryHarness,
     Lab,
-    StreamWatch,
     applied,
     budget_code,
     claim_count,

@@ -21,11 +21,11 @@ from compgrid_events.inventory import (
     PriceTierChanged,
 )
 from compgrid_events.provisioner import InstanceStopped
+from tests.harness.streams import StreamWatch
 from tests.inventory.integration.conftest import (
     Commands,
     InventoryHarness,
     Lab,
-    StreamWatch,
     make_lab,
     report,
     started,

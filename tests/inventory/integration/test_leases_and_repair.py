@@ -19,13 +19,13 @@ from compgrid_events.inventory import (
     LeaseExpiring,
 )
 from compgrid_events.provisioner import InstanceDeleted, InstanceFailed
+from tests.harness.streams import StreamWatch
 from tests.inventory.integration.conftest import (
     LEASE_GRACE_S,
     LEASE_WARN_S,
     Commands,
     InventoryHarness,
     Lab,
-    StreamWatch,
     report,
     running_instance,
     state_of,

@@ -27,11 +27,11 @@ from compgrid_events.provisioner import (
     InstanceFailed,
     InstanceStarted,
 )
+from tests.harness.streams import StreamWatch
 from tests.inventory.integration.conftest import (
     Commands,
     InventoryHarness,
     Lab,
-    StreamWatch,
     applied,
     claim_count,
     make_lab,
