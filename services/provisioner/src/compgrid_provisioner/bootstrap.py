@@ -4,9 +4,25 @@ from __future__ import annotations
 
 from compgrid_provisioner.adapters.tables import metadata
 from compgrid_provisioner.config import Settings
+from compgrid_provisioner.entrypoints.consumers import register_consumers
+from compgrid_provisioner.use_cases.deps import Deps, host_pool
+from compgrid_provisioner.use_cases.observe import observe
 from compgrid_runtime.app import ServiceApp
 
 
 def bootstrap(settings: Settings | None = None) -> ServiceApp:
     """Return the provisioner service process, ready to ``run()``."""
-    return ServiceApp(settings or Settings(), metadata)
+    return build(settings or Settings())[0]
+
+
+def build(settings: Settings) -> tuple[ServiceApp, Deps]:
+    """Return the process and the ports its use cases use."""
+    app = ServiceApp(settings, metadata)
+    deps = Deps(uow=app.unit_of_work, settings=settings, hosts=host_pool(settings))
+    register_consumers(app.consumers, deps)
+
+    async def watch(_: ServiceApp) -> None:
+        await observe(deps)
+
+    app.background.append(watch)
+    return app, deps
