@@ -1,0 +1,286 @@
+"""Real QEMU guests under ``qemu:///system`` (software emulation): the parts that must be real.
+
+Start, forced stop of a guest that ignores the shutdown request, CPU time sampled from a real
+guest, deletion with its volumes, a guest destroyed behind CompGrid's back, metering that
+continues across a worker restart, and a worker killed with SIGKILL in the middle of creates.
+Guests are 32 MiB, one vCPU and have no operating system: they start in well under a second
+and idle.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from datetime import timedelta
+from pathlib import Path
+from uuid import UUID
+
+import asyncpg
+import libvirt
+import pytest
+
+from compgrid_events.provisioner import (
+    InstanceDeleted,
+    InstanceStarted,
+    InstanceStopped,
+)
+from compgrid_provisioner.domain.domain_xml import NAMESPACE, read_meta
+from tests.harness.servers import Servers
+from tests.provisioner.integration.conftest import (
+    REAL_POOL,
+    REAL_POOL_PATH,
+    Datacenter,
+    running_worker,
+    worker_environment,
+)
+from tests.runtime.integration.waiting import wait_until
+
+HOST = "qemu-local"
+START_TIMEOUT_S = 60.0
+
+
+def ours(conn: libvirt.virConnect, datacenter: str) -> dict[UUID, libvirt.virDomain]:
+    """The domains on the real host that belong to this test's datacenter."""
+    found = {}
+    for dom in conn.listAllDomains():
+        try:
+            meta = read_meta(dom.metadata(libvirt.VIR_DOMAIN_METADATA_ELEMENT, NAMESPACE))
+        except libvirt.libvirtError:
+            continue
+        if meta is not None and meta.datacenter == datacenter:
+            found[meta.instance_id] = dom
+    return found
+
+
+@pytest.fixture
+def conn(qemu: str, datacenter: Datacenter) -> Iterator[libvirt.virConnect]:
+    """A connection of the test's own to the real host; removes the test's guests after."""
+    connection = libvirt.open(qemu)
+    yield connection
+    for dom in ours(connection, datacenter.name).values():
+        try:
+            if dom.isActive():
+                dom.destroy()
+            dom.undefine()
+        except libvirt.libvirtError:
+            pass
+    connection.close()
+
+
+@pytest.fixture
+async def real_dc(datacenter: Datacenter, qemu: str) -> Datacenter:
+    """The test's datacenter with the real host announced."""
+    await datacenter.add_host(HOST, qemu)
+    return datacenter
+
+
+def contiguous(intervals: list[tuple[object, object, int]]) -> bool:
+    """Each interval ends exactly where the next begins."""
+    return all(a[1] == b[0] for a, b in itertools.pairwise(intervals))
+
+
+async def test_a_real_guest_runs_is_metered_is_forced_off_and_is_deleted(
+    provisioner_schema: Servers, real_dc: Datacenter, conn: libvirt.virConnect
+) -> None:
+    dc = real_dc
+    assert dc.results is not None
+    async with running_worker(provisioner_schema, dc.name):
+        create = dc.schedule(HOST)
+        await dc.publish(create)
+        started = await dc.results.wait_for(
+            InstanceStarted, str(create.instance_id), timeout_s=START_TIMEOUT_S
+        )
+        dom = conn.lookupByUUIDString(str(create.instance_id))
+        assert dom.state()[0] == libvirt.VIR_DOMAIN_RUNNING
+        assert "type='qemu'" in dom.XMLDesc() or 'type="qemu"' in dom.XMLDesc()
+        meta = read_meta(dom.metadata(libvirt.VIR_DOMAIN_METADATA_ELEMENT, NAMESPACE))
+        assert meta is not None
+        assert (meta.project_id, meta.budget_code_id) == (create.project_id, create.budget_code_id)
+
+        async def metered() -> bool:
+            return len(await dc.intervals(create.instance_id)) >= 4
+
+        await wait_until(metered, 20, "four usage intervals")
+        # The guest has no OS: it ignores the shutdown request and is forced off after 1 s.
+        await dc.publish(dc.stop(create.instance_id))
+        stopped = await dc.results.wait_for(InstanceStopped, str(create.instance_id), timeout_s=30)
+        assert dom.state()[0] == libvirt.VIR_DOMAIN_SHUTOFF
+        await asyncio.sleep(1.0)  # a round after the stop must add nothing
+        intervals = await dc.intervals(create.instance_id)
+        assert contiguous(intervals)
+        assert intervals[0][0] == started.started_at
+        assert intervals[-1][1] == stopped.stopped_at
+        total = sum(((b - a) for a, b, _ in intervals), timedelta())
+        assert total == stopped.stopped_at - started.started_at
+        cpu_ns = sum(cpu for _, _, cpu in intervals)
+        assert cpu_ns > 0, "a real guest uses some CPU time"
+        assert cpu_ns <= total.total_seconds() * 1e9
+
+        await dc.publish(dc.delete(create.instance_id))
+        await dc.results.wait_for(InstanceDeleted, str(create.instance_id), timeout_s=30)
+        with pytest.raises(libvirt.libvirtError):
+            conn.lookupByUUIDString(str(create.instance_id))
+
+
+def _base_image() -> Path:
+    """A small empty qcow2 image standing in for an operator's OS image."""
+    images = Path(REAL_POOL_PATH + "-images")
+    images.mkdir(parents=True, exist_ok=True)
+    base = images / "base.qcow2"
+    if not base.exists():
+        subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(base), "64M"], check=True)
+    return base
+
+
+async def test_a_disk_is_a_copy_on_write_overlay_with_a_cloud_init_seed_and_goes_with_delete(
+    provisioner_schema: Servers, real_dc: Datacenter, conn: libvirt.virConnect
+) -> None:
+    dc = real_dc
+    assert dc.results is not None
+    base = _base_image()
+    async with running_worker(provisioner_schema, dc.name):
+        create = dc.schedule(
+            HOST, disk_gib=1, image_source=str(base), ssh_public_key="ssh-ed25519 AAAAC3 test"
+        )
+        await dc.publish(create)
+        await dc.results.wait_for(
+            InstanceStarted, str(create.instance_id), timeout_s=START_TIMEOUT_S
+        )
+        pool = conn.storagePoolLookupByName(REAL_POOL)
+        pool.refresh()
+        mine = sorted(v for v in pool.listVolumes() if str(create.instance_id) in v)
+        assert mine == [
+            f"compgrid-{create.instance_id}-disk.qcow2",
+            f"compgrid-{create.instance_id}-seed.iso",
+        ]
+        disk = pool.storageVolLookupByName(mine[0])
+        assert str(base) in disk.XMLDesc(), "the disk is backed by the image"
+        assert disk.info()[1] == 1024**3, "the overlay has the type's disk size"
+        seed = pool.storageVolLookupByName(mine[1])
+        assert seed.info()[2] > 0, "the seed holds data"
+        xml = conn.lookupByUUIDString(str(create.instance_id)).XMLDesc()
+        assert disk.path() in xml
+        assert seed.path() in xml
+
+        await dc.publish(dc.delete(create.instance_id))
+        await dc.results.wait_for(InstanceDeleted, str(create.instance_id), timeout_s=30)
+        pool.refresh()
+        assert not [v for v in pool.listVolumes() if str(create.instance_id) in v]
+
+
+async def test_a_guest_destroyed_behind_compgrids_back_is_reported_stopped(
+    provisioner_schema: Servers, real_dc: Datacenter, conn: libvirt.virConnect
+) -> None:
+    dc = real_dc
+    assert dc.results is not None
+    async with running_worker(provisioner_schema, dc.name):
+        create = dc.schedule(HOST)
+        await dc.publish(create)
+        await dc.results.wait_for(
+            InstanceStarted, str(create.instance_id), timeout_s=START_TIMEOUT_S
+        )
+        conn.lookupByUUIDString(str(create.instance_id)).destroy()
+        stopped = await dc.results.wait_for(InstanceStopped, str(create.instance_id), timeout_s=15)
+        assert "not through CompGrid" in stopped.reason
+        assert stopped.command_event_id is None
+
+
+async def test_metering_continues_without_gap_or_overlap_across_a_worker_restart(
+    provisioner_schema: Servers, real_dc: Datacenter, conn: libvirt.virConnect
+) -> None:
+    dc = real_dc
+    assert dc.results is not None
+    create = dc.schedule(HOST)
+    async with running_worker(provisioner_schema, dc.name):
+        await dc.publish(create)
+        started = await dc.results.wait_for(
+            InstanceStarted, str(create.instance_id), timeout_s=START_TIMEOUT_S
+        )
+
+        async def some() -> bool:
+            return len(await dc.intervals(create.instance_id)) >= 2
+
+        await wait_until(some, 15, "intervals from the first worker")
+    before = len(await dc.intervals(create.instance_id))
+    await asyncio.sleep(1.0)  # no worker: the guest keeps running, unobserved
+    async with running_worker(provisioner_schema, dc.name):
+
+        async def more() -> bool:
+            return len(await dc.intervals(create.instance_id)) >= before + 2
+
+        await wait_until(more, 15, "intervals from the second worker")
+        await dc.publish(dc.stop(create.instance_id))
+        stopped = await dc.results.wait_for(InstanceStopped, str(create.instance_id), timeout_s=30)
+    intervals = await dc.intervals(create.instance_id)
+    assert contiguous(intervals), "the second worker goes on where the first left off"
+    assert intervals[0][0] == started.started_at
+    assert intervals[-1][1] == stopped.stopped_at
+    assert len(conn.listAllDomains()) >= 1
+
+
+def _spawn(real: Servers, datacenter: str, log: Path, **env: str) -> subprocess.Popen[bytes]:
+    environment = worker_environment(real, datacenter) | env
+    return subprocess.Popen(
+        [sys.executable, "-m", "compgrid_provisioner"],
+        env=environment,
+        stdout=log.open("ab"),
+        stderr=subprocess.STDOUT,
+    )
+
+
+async def test_a_worker_killed_in_the_middle_of_creates_leaves_each_instance_running_once(
+    provisioner_schema: Servers,
+    real_dc: Datacenter,
+    conn: libvirt.virConnect,
+    tmp_path: Path,
+) -> None:
+    dc = real_dc
+    assert dc.results is not None
+    creates = [dc.schedule(HOST) for _ in range(5)]
+    log = tmp_path / "worker.log"
+    # The worker kills itself (SIGKILL) right after starting its third guest, before anything
+    # it did in that batch is committed or acknowledged.
+    doomed = _spawn(
+        provisioner_schema,
+        dc.name,
+        log,
+        COMPGRID_FAULT_POINT="provisioner.after_start",
+        COMPGRID_FAULT_AFTER="2",
+    )
+    try:
+        for create in creates:
+            await dc.publish(create)
+        await asyncio.wait_for(asyncio.to_thread(doomed.wait), 60)
+        assert doomed.returncode == -signal.SIGKILL, log.read_text()[-2000:]
+        assert len(ours(conn, dc.name)) == 3, "three guests were started before the kill"
+        assert not await dc.results.matching(InstanceStarted)
+        survivor = _spawn(provisioner_schema, dc.name, log)
+        try:
+            for create in creates:
+                await dc.results.wait_for(
+                    InstanceStarted, str(create.instance_id), timeout_s=START_TIMEOUT_S
+                )
+            await asyncio.sleep(2.0)  # a few reconcile rounds: nothing is removed or doubled
+            domains = ours(conn, dc.name)
+            assert set(domains) == {c.instance_id for c in creates}
+            assert all(d.state()[0] == libvirt.VIR_DOMAIN_RUNNING for d in domains.values())
+            db = await asyncpg.connect(provisioner_schema.database_url)
+            try:
+                rows = await db.fetch(
+                    "SELECT observed FROM provisioner.instance WHERE datacenter = $1", dc.name
+                )
+            finally:
+                await db.close()
+            assert sorted(r["observed"] for r in rows) == ["running"] * 5
+        finally:
+            survivor.send_signal(signal.SIGTERM)
+            await asyncio.wait_for(asyncio.to_thread(survivor.wait), 30)
+        assert survivor.returncode == 0, log.read_text()[-2000:]
+    finally:
+        if doomed.poll() is None:
+            os.kill(doomed.pid, signal.SIGKILL)
