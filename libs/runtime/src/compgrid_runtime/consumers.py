@@ -12,7 +12,9 @@ any of this. Each consumer pulls batches and, for each message:
 
 The publisher's trace context is restored from the message headers around all of it. The pull
 loop is nats-py's own (see docs/decisions/0003-pull-loop.md): it fetches what is available
-without waiting to fill a batch, and handles a whole batch in one transaction.
+without waiting to fill a batch, and handles a whole batch in one transaction. A consumer whose
+handlers wait on something slow (a hypervisor) sets ``concurrency`` instead: its messages are
+handled side by side, each in a transaction of its own, in order per ``key``.
 """
 
 from __future__ import annotations
@@ -20,8 +22,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Hashable, Mapping
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 from nats.aio.msg import Msg
@@ -64,6 +67,13 @@ class ConsumerSpec:
     ack_wait_s: float = 30.0
     max_ack_pending: int = 4096
     deliver_policy: DeliverPolicy = DeliverPolicy.ALL
+    concurrency: int = 1
+    """How many messages are handled at once. 1: one fetched batch at a time, in one
+    transaction. More: each message in a transaction of its own, up to this many at once (for
+    handlers that wait on something slow, such as a hypervisor), ordered by ``key``."""
+    key: Callable[[Event], Hashable] | None = None
+    """With ``concurrency`` > 1: messages with the same key are handled one after another, in
+    the order they arrived; messages of different keys run side by side."""
 
     def durable(self, service: str) -> str:
         """Return the durable name ``<service>-<name>`` (NATS forbids dots in it)."""
@@ -151,21 +161,91 @@ class Consumers:
         return not pending
 
     async def _pull(self, binding: _Binding, sub: JetStreamContext.PullSubscription) -> None:
-        spec = binding.spec
+        if binding.spec.concurrency > 1:
+            await self._pull_concurrently(binding, sub)
+            return
         while not self._draining:
-            try:
-                messages = await sub.fetch(spec.batch_size, timeout=spec.fetch_timeout_s)
-            except (TimeoutError, NatsTimeoutError):
-                continue
-            except ConnectionClosedError:
+            messages = await self._fetch(binding, sub, binding.spec.batch_size)
+            if messages is None:
                 return
-            except Exception as exc:
-                log.warning("fetch failed; retrying", consumer=binding.durable, error=repr(exc))
-                await asyncio.sleep(spec.fetch_timeout_s)
-                continue
-            await self.process(binding, messages)
+            if messages:
+                await self.process(binding, messages)
         with contextlib.suppress(Exception):
             await sub.unsubscribe()
+
+    async def _fetch(
+        self, binding: _Binding, sub: JetStreamContext.PullSubscription, count: int
+    ) -> list[Msg] | None:
+        """Up to ``count`` messages; [] when none came in time; None when the loop must end."""
+        spec = binding.spec
+        try:
+            return await sub.fetch(count, timeout=spec.fetch_timeout_s)
+        except (TimeoutError, NatsTimeoutError):
+            return []
+        except ConnectionClosedError:
+            return None
+        except Exception as exc:
+            log.warning("fetch failed; retrying", consumer=binding.durable, error=repr(exc))
+            await asyncio.sleep(spec.fetch_timeout_s)
+            return []
+
+    async def _pull_concurrently(
+        self, binding: _Binding, sub: JetStreamContext.PullSubscription
+    ) -> None:
+        """Fetch only as many messages as there are free slots; handle each on its own, after
+        the message before it with the same key."""
+        spec = binding.spec
+        slots = asyncio.Semaphore(spec.concurrency)
+        last: dict[Hashable, asyncio.Task[None]] = {}
+        running: set[asyncio.Task[None]] = set()
+
+        async def handle(msg: Msg, before: asyncio.Task[None] | None) -> None:
+            try:
+                if before is not None:
+                    await asyncio.wait([before])
+                await self.process(binding, [msg])
+            finally:
+                slots.release()
+
+        def forget(key: Hashable, task: asyncio.Task[None]) -> None:
+            running.discard(task)
+            if last.get(key) is task:
+                del last[key]
+
+        try:
+            while not self._draining:
+                await slots.acquire()
+                free = 1
+                while free < spec.batch_size and not slots.locked():
+                    await slots.acquire()
+                    free += 1
+                messages = await self._fetch(binding, sub, free)
+                for _ in range(free - len(messages or [])):
+                    slots.release()
+                if messages is None:
+                    break
+                for msg in messages:
+                    key = self._key(binding, msg)
+                    task = asyncio.create_task(handle(msg, last.get(key)))
+                    last[key] = task
+                    running.add(task)
+                    task.add_done_callback(partial(forget, key))
+            if running:
+                await asyncio.wait(running)
+        finally:  # a drain that ran out of time cancels the loop: its handlers go with it
+            for task in list(running):
+                task.cancel()
+        with contextlib.suppress(Exception):
+            await sub.unsubscribe()
+
+    @staticmethod
+    def _key(binding: _Binding, msg: Msg) -> Hashable:
+        """The message's ordering key (a message that does not decode is its own key)."""
+        key = binding.spec.key
+        if key is not None:
+            with contextlib.suppress(*MALFORMED):
+                return key(registry.decode(msg.subject, msg.data))
+        return (msg.metadata.sequence.stream,)
 
     async def process(self, binding: _Binding, messages: list[Msg]) -> None:
         """Handle one fetched batch end to end (decode, apply once, ack / nak / dead-letter)."""

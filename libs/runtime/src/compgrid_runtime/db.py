@@ -27,10 +27,15 @@ def make_metadata(schema: str) -> MetaData:
     return metadata
 
 
-def create_engine(database_url: str, *, pool_size: int = 5) -> AsyncEngine:
-    """Return an asyncpg engine (``postgresql://`` URLs are accepted and upgraded)."""
+def create_engine(database_url: str, *, pool_size: int = 10) -> AsyncEngine:
+    """Return an asyncpg engine (``postgresql://`` URLs are accepted and upgraded).
+
+    Connections are opened as needed up to ``pool_size`` and then kept: no overflow
+    connections, which would be opened and closed again (connect, TLS negotiation, statements
+    prepared anew) at every peak. Beyond the pool, work waits for a connection.
+    """
     url = database_url.replace("postgresql://", "postgresql+asyncpg://", 1)
-    return create_async_engine(url, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True)
+    return create_async_engine(url, pool_size=pool_size, max_overflow=0, pool_pre_ping=True)
 
 
 def session_factory(engine: AsyncEngine) -> async_sessionmaker:  # type: ignore[type-arg]

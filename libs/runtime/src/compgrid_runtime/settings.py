@@ -56,7 +56,9 @@ class ServiceSettings(BaseSettings):
 
     environment: Environment = Environment.DEVELOPMENT
     database_url: str = "postgresql+asyncpg://postgres@127.0.0.1:5432/compgrid"
-    db_pool_size: int = Field(default=5, ge=1, le=100)
+    db_pool_size: int = Field(
+        default=10, ge=1, le=100, description="database connections kept by the process"
+    )
     nats_url: str = "nats://127.0.0.1:4222"
     nats_user: str | None = None
     nats_password: SecretStr | None = None
