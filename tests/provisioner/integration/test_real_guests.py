@@ -243,8 +243,9 @@ async def test_a_worker_killed_in_the_middle_of_creates_leaves_each_instance_run
     assert dc.results is not None
     creates = [dc.schedule(HOST) for _ in range(5)]
     log = tmp_path / "worker.log"
-    # The worker kills itself (SIGKILL) right after starting its third guest, before anything
-    # it did in that batch is committed or acknowledged.
+    # The worker kills itself (SIGKILL) right after starting its third guest, before that
+    # create is committed or acknowledged; creates run side by side, so others may be anywhere
+    # between their row and their report.
     doomed = _spawn(
         provisioner_schema,
         dc.name,
@@ -257,8 +258,8 @@ async def test_a_worker_killed_in_the_middle_of_creates_leaves_each_instance_run
             await dc.publish(create)
         await asyncio.wait_for(asyncio.to_thread(doomed.wait), 60)
         assert doomed.returncode == -signal.SIGKILL, log.read_text()[-2000:]
-        assert len(ours(conn, dc.name)) == 3, "three guests were started before the kill"
-        assert not await dc.results.matching(InstanceStarted)
+        assert len(ours(conn, dc.name)) >= 3, "three guests were started before the kill"
+        assert len(await dc.results.matching(InstanceStarted)) < 5
         survivor = _spawn(provisioner_schema, dc.name, log)
         try:
             for create in creates:
@@ -266,6 +267,9 @@ async def test_a_worker_killed_in_the_middle_of_creates_leaves_each_instance_run
                     InstanceStarted, str(create.instance_id), timeout_s=START_TIMEOUT_S
                 )
             await asyncio.sleep(2.0)  # a few reconcile rounds: nothing is removed or doubled
+            for create in creates:
+                reports = await dc.results.matching(InstanceStarted, str(create.instance_id))
+                assert len(reports) == 1, f"{create.instance_id} reported started {len(reports)}x"
             domains = ours(conn, dc.name)
             assert set(domains) == {c.instance_id for c in creates}
             assert all(d.state()[0] == libvirt.VIR_DOMAIN_RUNNING for d in domains.values())

@@ -22,7 +22,10 @@ def build(settings: Settings) -> tuple[ServiceApp, Deps]:
     register_consumers(app.consumers, deps)
 
     async def watch(_: ServiceApp) -> None:
-        await observe(deps)
+        try:
+            await observe(deps)
+        finally:  # cancelled at stop, after the commands in hand have drained
+            deps.hosts.close()
 
     app.background.append(watch)
     return app, deps

@@ -38,6 +38,12 @@ class Settings(ServiceSettings):
     command_ack_wait_s: float = Field(
         default=300.0, gt=0, description="a command not finished by then goes to another worker"
     )
+    db_pool_size: int = Field(
+        default=40, ge=1, le=200, description="database connections kept by the process"
+    )
+    command_concurrency: int = Field(
+        default=16, ge=1, le=256, description="commands handled at once (different instances)"
+    )
     domain_type: Literal["kvm", "qemu"] = Field(
         default="kvm", description="qemu = software emulation (no KVM on the host)"
     )
@@ -47,6 +53,18 @@ class Settings(ServiceSettings):
     storage_pool: str = Field(default="compgrid", min_length=1, max_length=64)
     storage_pool_path: str = "/var/lib/libvirt/images/compgrid"
     cloud_init: bool = Field(default=True, description="attach a NoCloud seed to disk images")
+
+    @model_validator(mode="after")
+    def _connections_for_every_command(self) -> Settings:
+        # A create holds two connections at once (the inbox's transaction and the row it
+        # commits before the domain exists); the observe loop takes one more.
+        if self.db_pool_size < 2 * self.command_concurrency + 1:
+            raise ValueError(
+                f"db_pool_size must be at least 2 x command_concurrency + 1 "
+                f"({2 * self.command_concurrency + 1}): each command in flight may hold two "
+                "connections"
+            )
+        return self
 
     @model_validator(mode="after")
     def _orphans_outlast_redelivery(self) -> Settings:

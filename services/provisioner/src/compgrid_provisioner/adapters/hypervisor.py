@@ -13,8 +13,10 @@ import contextlib
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from enum import StrEnum
+from functools import partial
 from typing import TypeVar
 from uuid import UUID
 
@@ -405,6 +407,7 @@ class HostPool:
         pool_path: str,
         retry_initial_s: float,
         retry_max_s: float,
+        threads: int = 20,
         connect_timeout_s: float = 15.0,
     ) -> None:
         self._options = {
@@ -417,6 +420,9 @@ class HostPool:
         self._retry_initial_s = retry_initial_s
         self._retry_max_s = retry_max_s
         self._connect_timeout_s = connect_timeout_s
+        # libvirt calls block; they get threads of their own so a slow one (a guest given its
+        # shutdown timeout) never starves the rest of the process's thread pool.
+        self._executor = ThreadPoolExecutor(threads, thread_name_prefix="libvirt")
 
     def hypervisor(self, uri: str) -> Hypervisor:
         """The (possibly not yet connected) hypervisor of a URI."""
@@ -432,7 +438,7 @@ class HostPool:
             raise HostUnreachableError(failed[2])
         host = self.hypervisor(uri)
         try:
-            await asyncio.wait_for(asyncio.to_thread(host.connect), self._connect_timeout_s)
+            await asyncio.wait_for(self._in_thread(host.connect), self._connect_timeout_s)
         except HostUnreachableError as exc:
             self._failed(uri, str(exc))
             raise
@@ -441,10 +447,13 @@ class HostPool:
             raise HostUnreachableError(self._failures[uri][2]) from None
         self._failures.pop(uri, None)
         try:
-            return await asyncio.to_thread(work, host)
+            return await self._in_thread(partial(work, host))
         except HostUnreachableError as exc:
             self._failed(uri, str(exc))
             raise
+
+    def _in_thread(self, fn: Callable[[], T]) -> asyncio.Future[T]:
+        return asyncio.get_running_loop().run_in_executor(self._executor, fn)
 
     def _failed(self, uri: str, reason: str) -> None:
         count = self._failures.get(uri, (0, 0.0, ""))[0] + 1
@@ -452,6 +461,7 @@ class HostPool:
         self._failures[uri] = (count, time.monotonic() + delay, reason)
 
     def close(self) -> None:
-        """Close every connection."""
+        """Close every connection and end the threads."""
+        self._executor.shutdown(wait=False, cancel_futures=True)
         for host in self._hosts.values():
             host.close()

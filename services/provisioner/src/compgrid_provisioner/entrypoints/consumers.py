@@ -43,6 +43,10 @@ def commands_spec(deps: Deps) -> ConsumerSpec:
         f"create, start, stop, reboot and delete in datacenter {datacenter}",
         batch_size=16,
         ack_wait_s=deps.settings.command_ack_wait_s,
+        # A hypervisor call takes from milliseconds to a stop's whole timeout: commands for
+        # different instances run side by side, each instance's commands in order.
+        concurrency=deps.settings.command_concurrency,
+        key=lambda event: getattr(event, "instance_id", None),
     )
 
 

@@ -32,4 +32,5 @@ def host_pool(settings: Settings) -> HostPool:
         pool_path=settings.storage_pool_path,
         retry_initial_s=settings.host_retry_initial_s,
         retry_max_s=settings.host_retry_max_s,
+        threads=settings.command_concurrency + 4,  # and the observe loop's
     )
