@@ -7,7 +7,7 @@ from decimal import Decimal
 from typing import Any
 from uuid import UUID
 
-from sqlalchemy import Select, func, or_, select
+from sqlalchemy import Integer, Select, cast, column, func, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from compgrid_events.base import Money
@@ -123,18 +123,22 @@ async def project_usage(
     session: AsyncSession, project_id: UUID, excluding: UUID | None = None
 ) -> Size:
     """What the project's live instances (but ``excluding``) take of its quota."""
-    query = select(instance.c.vcpus, instance.c.memory_mib, instance.c.gpus).where(
-        instance.c.project_id == project_id, instance.c.state.in_([s.value for s in LIVE])
+    # Summed by the database: a project's instances never travel to the service to be counted.
+    gpu_count = (
+        select(func.coalesce(func.sum(cast(column("value"), Integer)), 0))
+        .select_from(func.jsonb_each_text(instance.c.gpus))
+        .scalar_subquery()
     )
+    query = select(
+        func.count(),
+        func.coalesce(func.sum(instance.c.vcpus), 0),
+        func.coalesce(func.sum(instance.c.memory_mib), 0),
+        func.coalesce(func.sum(gpu_count), 0),
+    ).where(instance.c.project_id == project_id, instance.c.state.in_([s.value for s in LIVE]))
     if excluding is not None:
         query = query.where(instance.c.id != excluding)
-    rows = (await session.execute(query)).all()
-    return Size(
-        instances=len(rows),
-        vcpus=sum(r.vcpus for r in rows),
-        memory_mib=sum(r.memory_mib for r in rows),
-        gpus=sum(sum(r.gpus.values()) for r in rows),
-    )
+    count, vcpus, memory_mib, gpus = (await session.execute(query)).one()
+    return Size(instances=count, vcpus=int(vcpus), memory_mib=int(memory_mib), gpus=int(gpus))
 
 
 async def _by_name_or_id(

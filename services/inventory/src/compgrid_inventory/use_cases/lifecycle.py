@@ -156,8 +156,10 @@ async def admit(deps: Deps, uow: UnitOfWork, row: Any, project_row: Any) -> Any:
     """
     now = utc_now()
     try:
-        used = await project_usage(uow.session, row.project_id, excluding=row.id)
-        check_quota(used, limits(deps, project_row), size_of(row))
+        quota = limits(deps, project_row)
+        if quota != Limits():  # a project without any limit has nothing to count
+            used = await project_usage(uow.session, row.project_id, excluding=row.id)
+            check_quota(used, quota, size_of(row))
         await check_and_hold(deps, uow, row, now)
     except Refused as refused:
         return await transition(
