@@ -214,6 +214,9 @@ budget = Table(
     Column("billing_updated_at", DateTime(timezone=True), nullable=True),
 )
 
+LIVE_NAME_WHERE = "state NOT IN ('deleted', 'rejected')"
+"""Instances whose name is taken in their project (the unique index's predicate)."""
+
 instance = Table(
     "instance",
     metadata,
@@ -259,7 +262,7 @@ instance = Table(
         "project_id",
         "name",
         unique=True,
-        postgresql_where=text("state NOT IN ('deleted', 'rejected')"),
+        postgresql_where=text(LIVE_NAME_WHERE),
     ),
     CheckConstraint(
         "state IN ('pending_approval', 'requested', 'scheduled', 'starting', 'running',"

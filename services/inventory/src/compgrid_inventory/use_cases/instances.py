@@ -12,8 +12,8 @@ from datetime import datetime, timedelta
 from typing import Any
 from uuid import UUID
 
-from sqlalchemy import func, insert, select, update
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy import func, select, text, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
 
 from compgrid_events import uuid7
 from compgrid_events.base import Money, utc_now
@@ -47,6 +47,7 @@ from compgrid_inventory.adapters.repository import (
     instance_query,
 )
 from compgrid_inventory.adapters.tables import (
+    LIVE_NAME_WHERE,
     datacenter,
     image,
     instance,
@@ -121,7 +122,8 @@ async def _request(
     """Validate, record and admit one request (shared by both ways of asking)."""
     session = uow.session
     now = utc_now()
-    project_row = await get_project(session, body.project_id, lock=True)
+    # Validation and the new row need no lock; admission (quota, budget) takes the project's.
+    project_row = await get_project(session, body.project_id)
     await get_budget(session, body.budget_code_id, body.project_id)
     picture = await find_image(session, body.image)
     if kind.system_types and picture.system_type not in kind.system_types:
@@ -179,13 +181,20 @@ async def _request(
         "version": 1,
         "lease_ends_at": _lease_end(body.lease_ends_at, project_row.default_lease_hours, now),
     }
-    try:  # the partial unique index on live names decides, also between concurrent requests
-        async with session.begin_nested():
-            await session.execute(insert(instance).values(**values))
-    except IntegrityError:
+    # The partial unique index on live names decides, also between concurrent requests.
+    created = await session.scalar(
+        pg_insert(instance)
+        .values(**values)
+        .on_conflict_do_nothing(
+            index_elements=[instance.c.project_id, instance.c.name],
+            index_where=text(LIVE_NAME_WHERE),
+        )
+        .returning(instance.c.id)
+    )
+    if created is None:
         raise Conflict(
             f"the project has an instance named {body.name}", code="name_taken", field="name"
-        ) from None
+        )
     row = await get_instance(session, instance_id)
     uow.emit(
         InstanceStateChanged(
@@ -207,6 +216,9 @@ async def _request(
             )
         )
         return row
+    # Held until commit, so admissions of one project are counted one after another; taken as
+    # late as possible, so they queue for as short a time as possible.
+    project_row = await get_project(session, body.project_id, lock=True)
     return await admit(deps, uow, row, project_row)
 
 
