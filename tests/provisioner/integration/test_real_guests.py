@@ -18,6 +18,7 @@ import sys
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 from uuid import UUID
 
 import asyncpg
@@ -26,6 +27,7 @@ import pytest
 
 from compgrid_events.provisioner import (
     InstanceDeleted,
+    InstanceFailed,
     InstanceStarted,
     InstanceStopped,
 )
@@ -288,3 +290,78 @@ async def test_a_worker_killed_in_the_middle_of_creates_leaves_each_instance_run
     finally:
         if doomed.poll() is None:
             os.kill(doomed.pid, signal.SIGKILL)
+
+
+async def test_a_libvirt_error_mid_create_fails_the_instance_and_leaves_nothing_behind(
+    provisioner_schema: Servers, real_dc: Datacenter, conn: libvirt.virConnect
+) -> None:
+    """The disk and seed are made and the domain defined, then the start fails (its network
+    does not exist): the instance fails with libvirt's reason and nothing of it stays."""
+    dc = real_dc
+    assert dc.results is not None
+    base = _base_image()
+    async with running_worker(provisioner_schema, dc.name, network="network:compgrid-missing"):
+        create = dc.schedule(
+            HOST, disk_gib=1, image_source=str(base), ssh_public_key="ssh-ed25519 AAAAC3 test"
+        )
+        await dc.publish(create)
+        failed = await dc.results.wait_for(
+            InstanceFailed, str(create.instance_id), timeout_s=START_TIMEOUT_S
+        )
+        assert "compgrid-missing" in failed.reason, failed.reason
+        assert failed.command_event_id == create.event_id
+        assert str(create.instance_id) not in {d.UUIDString() for d in conn.listAllDomains()}
+        pool = conn.storagePoolLookupByName(REAL_POOL)
+        pool.refresh()
+        assert not [v for v in pool.listVolumes() if str(create.instance_id) in v]
+        await asyncio.sleep(1.0)  # reconcile rounds: a failed instance is not retried
+        assert not await dc.results.matching(InstanceStarted, str(create.instance_id))
+
+
+async def test_two_workers_of_one_datacenter_share_its_commands_and_act_once_per_instance(
+    provisioner_schema: Servers, real_dc: Datacenter, conn: libvirt.virConnect
+) -> None:
+    dc = real_dc
+    assert dc.results is not None
+    creates = [dc.schedule(HOST) for _ in range(6)]
+    async with (
+        running_worker(provisioner_schema, dc.name) as first,
+        running_worker(provisioner_schema, dc.name) as second,
+    ):
+        # Both bind the same durable consumer, and JetStream shares the commands out; count
+        # the guests each worker defines on the host.
+        defined = {"first": 0, "second": 0}
+        for worker, name in ((first, "first"), (second, "second")):
+            hypervisor = worker.deps.hosts.hypervisor(dc.hosts[HOST])
+            define = hypervisor.define_and_start
+
+            def counting(spec: Any, name: str = name, define: Any = define) -> Any:
+                defined[name] += 1
+                return define(spec)
+
+            hypervisor.define_and_start = counting  # type: ignore[method-assign]
+        for create in creates:
+            await dc.publish(create)
+        for create in creates:
+            await dc.results.wait_for(
+                InstanceStarted, str(create.instance_id), timeout_s=START_TIMEOUT_S
+            )
+
+        async def metered() -> bool:
+            counts = [len(await dc.intervals(c.instance_id)) for c in creates]
+            return min(counts) >= 3
+
+        await wait_until(metered, 20, "usage from both workers")
+        for create in creates:
+            await dc.publish(dc.stop(create.instance_id))
+        for create in creates:
+            await dc.results.wait_for(InstanceStopped, str(create.instance_id), timeout_s=30)
+        await asyncio.sleep(1.0)
+    assert sum(defined.values()) == len(creates), f"each guest defined once: {defined}"
+    assert set(ours(conn, dc.name)) == {c.instance_id for c in creates}
+    for create in creates:
+        assert len(await dc.results.matching(InstanceStarted, str(create.instance_id))) == 1
+        assert len(await dc.results.matching(InstanceStopped, str(create.instance_id))) == 1
+        intervals = await dc.intervals(create.instance_id)
+        # both workers tick the host, one at a time: never the same seconds twice
+        assert contiguous(intervals), f"{create.instance_id}: gap or overlap in {intervals}"

@@ -250,7 +250,6 @@ async def on_scheduled(deps: Deps, event: InstanceScheduled, uow: UnitOfWork) ->
         log.warning("create failed", instance=str(event.instance_id), reason=reason)
         await mark_failed(uow, row, reason=reason, command_event_id=event.event_id)
         return
-    await set_instance(uow, row.id, gpu_addresses=list(gpus), volumes=volumes)
     await mark_running(
         uow,
         row,
@@ -258,6 +257,8 @@ async def on_scheduled(deps: Deps, event: InstanceScheduled, uow: UnitOfWork) ->
         addresses=addresses,
         domain_uuid=event.instance_id,
         command_event_id=event.event_id,
+        gpu_addresses=list(gpus),
+        volumes=volumes,
     )
     log.info("instance created", instance=str(event.instance_id), host=event.host)
 

@@ -121,10 +121,12 @@ async def mark_running(
     addresses: tuple[str, ...],
     domain_uuid: UUID,
     command_event_id: UUID | None,
+    **also: Any,
 ) -> None:
-    """Record the instance running from now (opening its first interval) and report it."""
+    """Record the instance running from now (opening its first interval) and report it;
+    ``also`` are more columns to write with it."""
     now = utc_now()
-    values: dict[str, Any] = {"observed": "running", "reason": ""}
+    values: dict[str, Any] = {"observed": "running", "reason": "", **also}
     if row.metered_from is None:
         values |= {"metered_from": now, "cpu_time_ns": cpu_time_ns}
     await set_instance(uow, row.id, **values)
