@@ -225,6 +225,21 @@ def start_services(stack: Stack, urls: dict[str, str], passwords: dict[str, str]
         stack.health[service] = port
 
 
+def demo_hosts(stack: Stack) -> dict[str, str]:
+    """Write a simulated libvirt host (a test-driver node file) for each demo host, sized as
+    the demo catalogue registers it; return each host's URI. The provisioner's demo-dc worker
+    drives them: requested demo instances really get defined and started there."""
+    from compgrid_inventory.use_cases.demo import HOSTS
+    from compgrid_provisioner.adapters.simulated import SimulatedHost, write_hosts
+    from compgrid_provisioner.config import Settings as ProvisionerSettings
+
+    hosts = [
+        SimulatedHost(name, vcpus=vcpus, memory_mib=memory) for name, vcpus, memory, *_ in HOSTS
+    ]
+    pool = ProvisionerSettings.model_fields["storage_pool"].default
+    return write_hosts(stack.state / "hosts", hosts, pool)
+
+
 def ready(port: int) -> bool:
     """Return True when the process behind ``port`` reports ready."""
     try:
@@ -330,7 +345,13 @@ def main() -> int:
         )
         logins += run_step(
             "seeding the demo catalogue",
-            [sys.executable, "-m", "compgrid_inventory", "seed-demo"],
+            [
+                sys.executable,
+                "-m",
+                "compgrid_inventory",
+                "seed-demo",
+                *(f"--host-uri={name}={uri}" for name, uri in demo_hosts(stack).items()),
+            ],
             env,
         )
         start_services(stack, urls, passwords)

@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import asyncpg
 import pytest
 
 from compgrid_runtime.embedded import free_port
@@ -48,6 +49,13 @@ def assert_started_and_stopped(done: subprocess.CompletedProcess[str]) -> None:
     assert done.stdout.rstrip().endswith("all stopped"), out
 
 
+def assert_simulated_hosts(state: Path, uris: list[str]) -> None:
+    """Each URI names a node file the launcher wrote under its state directory."""
+    for uri in uris:
+        assert uri.startswith(f"test://{state.resolve()}/hosts/"), uri
+        assert Path(uri.removeprefix("test://")).is_file()
+
+
 def no_process_left(tmp_path: Path) -> None:
     left = subprocess.run(
         ["pgrep", "-f", str(tmp_path)], capture_output=True, text=True, check=False
@@ -67,6 +75,16 @@ async def test_dev_starts_every_service_on_given_servers_and_stops_them(
         assert f"created database {name}_dev" in done.stdout
         assert "nats: JetStream from the wheel" in done.stdout
         no_process_left(tmp_path)
+        # the demo hosts are simulated libvirt hosts the demo-dc provisioner drives
+        db = await asyncpg.connect(f"{server}/{name}_dev".replace("+asyncpg", ""))
+        try:
+            uris = [
+                r["libvirt_uri"] for r in await db.fetch("SELECT libvirt_uri FROM inventory.host")
+            ]
+        finally:
+            await db.close()
+        assert len(uris) == 4
+        assert_simulated_hosts(tmp_path, uris)
         again = run_devstack(tmp_path, env)  # a second start on the same data changes nothing
         assert_started_and_stopped(again)
         assert "created database" not in again.stdout

@@ -6,6 +6,7 @@ hypervisor. Idempotent: when the demo datacenter exists, nothing is changed.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from decimal import Decimal
 
@@ -32,7 +33,15 @@ HOSTS: tuple[tuple[str, int, int, int, dict[str, int], dict[str, str]], ...] = (
     ("demo-host-01", 32, 128 * 1024, 2000, {}, {"ssd": "yes"}),
     ("demo-host-02", 32, 128 * 1024, 2000, {}, {"ssd": "yes"}),
     ("demo-host-03", 64, 256 * 1024, 4000, {}, {}),
-    ("demo-gpu-01", 32, 256 * 1024, 4000, {"a100": 4}, {"gpu": "a100"}),
+    (
+        "demo-gpu-01",
+        32,
+        256 * 1024,
+        4000,
+        {"a100": 4},
+        # The provisioner passes these PCI devices through to GPU instances.
+        {"gpu": "a100", "gpu.pci.a100": "0000:81:00.0,0000:82:00.0,0000:c1:00.0,0000:c2:00.0"},
+    ),
 )
 IMAGES = (
     ("ubuntu-24.04", "linux", "/var/lib/compgrid/images/ubuntu-24.04.qcow2", "ubuntu"),
@@ -47,21 +56,25 @@ TYPES: tuple[tuple[str, int, int, int, dict[str, int]], ...] = (
 )
 
 
-async def seed_demo(deps: Deps, host_uri: str = "test:///default") -> str:
-    """Create the demo catalogue unless it exists; return one line saying what is there."""
+async def seed_demo(deps: Deps, host_uris: Mapping[str, str] | None = None) -> str:
+    """Create the demo catalogue unless it exists; return one line saying what is there.
+
+    ``host_uris`` gives a demo host its libvirt URI (``just dev`` writes a simulated host per
+    demo host); a host not named there gets libvirt's built-in test host.
+    """
     async with deps.uow() as uow:
         exists = await uow.session.scalar(
             select(datacenter.c.id).where(datacenter.c.name == DATACENTER)
         )
     if exists is None:
-        await _seed(deps, host_uri)
+        await _seed(deps, host_uris or {})
     return (
         f"demo catalogue: datacenter {DATACENTER} with {len(HOSTS)} simulated hosts,"
         f" images {', '.join(i[0] for i in IMAGES)}, types {', '.join(t[0] for t in TYPES)}"
     )
 
 
-async def _seed(deps: Deps, host_uri: str) -> None:
+async def _seed(deps: Deps, host_uris: Mapping[str, str]) -> None:
     await catalog.create_datacenter(
         deps, OPERATOR, CreateDatacenter(name=DATACENTER, description="Simulated demo hosts")
     )
@@ -72,7 +85,7 @@ async def _seed(deps: Deps, host_uri: str) -> None:
             RegisterHost(
                 datacenter=DATACENTER,
                 name=name,
-                libvirt_uri=host_uri,
+                libvirt_uri=host_uris.get(name, "test:///default"),
                 vcpus=vcpus,
                 memory_mib=memory,
                 disk_gib=disk,
