@@ -124,7 +124,7 @@ async def _request(
     now = utc_now()
     # Validation and the new row need no lock; admission (quota, budget) takes the project's.
     project_row = await get_project(session, body.project_id)
-    await get_budget(session, body.budget_code_id, body.project_id)
+    code = await get_budget(session, body.budget_code_id, body.project_id)
     picture = await find_image(session, body.image)
     if kind.system_types and picture.system_type not in kind.system_types:
         raise Invalid(
@@ -133,8 +133,9 @@ async def _request(
             code="image_not_allowed",
             field="image",
         )
+    placement = None
     if body.datacenter is not None:
-        await datacenter_by_name(session, body.datacenter)
+        placement = (await datacenter_by_name(session, body.datacenter)).placement
     labels = dict(body.labels)
     demand = Demand(kind.vcpus, kind.memory_mib, kind.disk_gib, dict(kind.gpus))
     await _feasible(uow, demand, Constraints(body.datacenter, labels))
@@ -219,7 +220,7 @@ async def _request(
     # Held until commit, so admissions of one project are counted one after another; taken as
     # late as possible, so they queue for as short a time as possible.
     project_row = await get_project(session, body.project_id, lock=True)
-    return await admit(deps, uow, row, project_row)
+    return await admit(deps, uow, row, project_row, code=code, picture=picture, placement=placement)
 
 
 async def request_by_requirements(

@@ -10,7 +10,8 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import delete, func, insert, update
+from sqlalchemy import delete, func, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
 
 from compgrid_events.base import Money, utc_now
 from compgrid_events.inventory import (
@@ -125,9 +126,13 @@ def demand_of(row: Any) -> Demand:
     return Demand(row.vcpus, row.memory_mib, row.disk_gib, dict(row.gpus))
 
 
-async def check_and_hold(deps: Deps, uow: UnitOfWork, row: Any, now: datetime) -> None:
-    """Check the budget code can pay for the projected cost, and hold that amount."""
-    code = await get_budget(uow.session, row.budget_code_id, row.project_id)
+async def check_and_hold(
+    deps: Deps, uow: UnitOfWork, row: Any, now: datetime, code: Any | None = None
+) -> None:
+    """Check the budget code (``code``: its row, when the caller has just read it) can pay for
+    the projected cost, and hold that amount."""
+    if code is None:
+        code = await get_budget(uow.session, row.budget_code_id, row.project_id)
     horizon = timedelta(hours=deps.settings.admission_horizon_hours)
     cost = projected_cost(row.hourly_price, horizon, now, row.lease_ends_at)
     view = Budget(
@@ -141,14 +146,28 @@ async def check_and_hold(deps: Deps, uow: UnitOfWork, row: Any, now: datetime) -
         unconfirmed_holds=await unconfirmed_holds(uow.session, code.id),
     )
     check_budget(view, now.date(), Money(amount=cost, currency=row.currency))
-    await release_hold(uow, row.id)
-    await uow.session.execute(
-        insert(hold).values(instance_id=row.id, budget_code_id=code.id, amount=cost)
+    held = pg_insert(hold).values(instance_id=row.id, budget_code_id=code.id, amount=cost)
+    await uow.session.execute(  # an instance holds once: a new hold replaces its old one
+        held.on_conflict_do_update(
+            index_elements=[hold.c.instance_id],
+            set_={"budget_code_id": held.excluded.budget_code_id, "amount": held.excluded.amount},
+        )
     )
 
 
-async def admit(deps: Deps, uow: UnitOfWork, row: Any, project_row: Any) -> Any:
+async def admit(
+    deps: Deps,
+    uow: UnitOfWork,
+    row: Any,
+    project_row: Any,
+    *,
+    code: Any | None = None,
+    picture: Any | None = None,
+    placement: str | None = None,
+) -> Any:
     """Run admission for a request (its project row is locked): quota, budget, then placement.
+    ``code``, ``picture`` and ``placement`` are the budget code's and image's rows and the
+    datacenter's strategy when the caller has just read them.
 
     Accepted: ``requested`` (``InstanceRequested``, for billing's hold), then placed on a host
     and ``scheduled`` (the command to the datacenter's provisioner). Refused: ``rejected`` with
@@ -160,7 +179,7 @@ async def admit(deps: Deps, uow: UnitOfWork, row: Any, project_row: Any) -> Any:
         if quota != Limits():  # a project without any limit has nothing to count
             used = await project_usage(uow.session, row.project_id, excluding=row.id)
             check_quota(used, quota, size_of(row))
-        await check_and_hold(deps, uow, row, now)
+        await check_and_hold(deps, uow, row, now, code)
     except Refused as refused:
         return await transition(
             uow, row, S.REJECTED, reason_code=refused.code, reason=refused.message
@@ -183,26 +202,33 @@ async def admit(deps: Deps, uow: UnitOfWork, row: Any, project_row: Any) -> Any:
             lease_ends_at=row.lease_ends_at,
         )
     )
-    return await schedule(uow, row)
+    return await schedule(uow, row, picture=picture, placement=placement)
 
 
-async def schedule(uow: UnitOfWork, row: Any) -> Any:
-    """Claim a host for the instance and tell that datacenter's provisioner to create it."""
+async def schedule(
+    uow: UnitOfWork, row: Any, *, picture: Any | None = None, placement: str | None = None
+) -> Any:
+    """Claim a host for the instance and tell that datacenter's provisioner to create it
+    (``picture``, ``placement``: the image row and the datacenter's strategy, when known)."""
     strategy = Strategy.PACK
     if row.requested_datacenter is not None:
-        chosen = await uow.session.scalar(
-            datacenter.select()
-            .with_only_columns(datacenter.c.placement)
-            .where(datacenter.c.name == row.requested_datacenter)
-        )
-        strategy = Strategy(chosen or "pack")
+        if placement is None:
+            placement = await uow.session.scalar(
+                datacenter.select()
+                .with_only_columns(datacenter.c.placement)
+                .where(datacenter.c.name == row.requested_datacenter)
+            )
+        strategy = Strategy(placement or "pack")
     constraints = Constraints(datacenter=row.requested_datacenter, labels=dict(row.labels))
     try:
         placed = await claims.place(uow.session, row.id, demand_of(row), constraints, strategy)
     except NoPlacement as none:
         return await transition(uow, row, S.REJECTED, reason_code=none.code, reason=none.reason)
     row = await transition(uow, row, S.SCHEDULED, host_id=placed.id, commanded_at=func.now())
-    picture = (await uow.session.execute(image.select().where(image.c.id == row.image_id))).one()
+    if picture is None or picture.id != row.image_id:
+        picture = (
+            await uow.session.execute(image.select().where(image.c.id == row.image_id))
+        ).one()
     uow.emit(
         InstanceScheduled(
             instance_id=row.id,
