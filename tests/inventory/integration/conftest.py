@@ -42,8 +42,11 @@ from tests.harness.servers import Servers
 from tests.harness.streams import StreamWatch
 from tests.runtime.integration.waiting import wait_until
 
+LAB_GPU_LABELS = {"gpu.pci.a100": "0000:81:00.0,0000:82:00.0"}
+"""The PCI devices of the lab GPU host's two A100s."""
 LEASE_WARN_S = 3.0
 LEASE_GRACE_S = 1.5
+DEFAULT_URI = "test:///default"
 
 E = TypeVar("E", bound=Event)
 
@@ -229,8 +232,16 @@ async def make_lab(
     host_vcpus: int = 8,
     funding: str = "10000",
     valid_to: date | None = None,
+    host_uris: dict[str, str] | None = None,
+    gpu_labels: dict[str, str] | None = None,
 ) -> Lab:
-    """Create people, project, grant (through auth) and a catalogue (through inventory)."""
+    """Create people, project, grant (through auth) and a catalogue (through inventory).
+
+    Hosts are ``h0``, ``h1``, ... and ``gpu0``; ``host_uris`` gives some of them a libvirt URI
+    of their own (host name -> URI, else ``test:///default``) and ``gpu_labels`` adds labels to
+    ``gpu0``.
+    """
+    uris = host_uris or {}
     auth = inventory.auth
     admin = auth.tokens["admin"]
     suffix = tag()
@@ -259,7 +270,7 @@ async def make_lab(
             {
                 "datacenter": dc,
                 "name": name,
-                "libvirt_uri": "test:///default",
+                "libvirt_uri": uris.get(name, DEFAULT_URI),
                 "vcpus": host_vcpus,
                 "memory_mib": 32768,
                 "disk_gib": 500,
@@ -273,13 +284,13 @@ async def make_lab(
         {
             "datacenter": dc,
             "name": "gpu0",
-            "libvirt_uri": "test:///default",
+            "libvirt_uri": uris.get("gpu0", DEFAULT_URI),
             "vcpus": 16,
             "memory_mib": 65536,
             "disk_gib": 1000,
             "cpu_overcommit": "1.0",
             "gpus": {"a100": 2},
-            "labels": {"gpu": "a100"},
+            "labels": {"gpu": "a100", **LAB_GPU_LABELS, **(gpu_labels or {})},
         },
         token=admin,
     )

@@ -409,6 +409,60 @@ async def test_hosts_are_announced_and_guarded(
     assert exact["version"] == before["version"] + 1
 
 
+async def test_a_gpu_host_must_name_each_gpus_pci_device(
+    inventory: InventoryHarness, lab: Lab, db: asyncpg.Connection
+) -> None:
+    """The provisioner passes GPUs through by PCI address: a host whose labels do not list
+    one per GPU is refused, at registration and at every change, and nothing changes."""
+    base = {
+        "datacenter": lab.datacenter,
+        "name": "g9",
+        "libvirt_uri": "qemu+ssh://g9.example.org/system",
+        "vcpus": 16,
+        "memory_mib": 65536,
+        "disk_gib": 1000,
+        "gpus": {"h100": 2},
+    }
+    for labels, says in (
+        ({}, "must list their 2 PCI address(es)"),
+        ({"gpu.pci.h100": "0000:81:00.0"}, "it lists 1"),
+        ({"gpu.pci.h100": "0000:81:00.0,slot-2"}, "'slot-2' is not a PCI address"),
+        ({"gpu.pci.h100": "0000:81:00.0,0000:81:00.0"}, "twice"),
+        (
+            {"gpu.pci.h100": "0000:81:00.0,0000:82:00.0", "gpu.pci.a100": "0000:c1:00.0"},
+            "a GPU model the host does not have",
+        ),
+    ):
+        error = await inventory.refused(
+            "hosts.register", {**base, "labels": labels}, token=lab.admin
+        )
+        assert (error.status, error.code, error.field) == (422, "gpu_devices", "labels")
+        assert says in error.message, error.message
+    assert not await db.fetchval("SELECT count(*) FROM inventory.host WHERE name = 'g9'")
+
+    devices = {"gpu.pci.h100": "0000:81:00.0, 0000:82:00.0"}
+    added = await inventory.call("hosts.register", {**base, "labels": devices}, token=lab.admin)
+    changes: list[dict[str, Any]] = [
+        {"labels": {}},
+        {"gpus": {"h100": 3}},
+        {"labels": {"rack": "r1"}},
+    ]
+    for change in changes:
+        error = await inventory.refused(
+            "hosts.update", {"host_id": added["id"], **change}, token=lab.admin
+        )
+        assert error.code == "gpu_devices"
+    kept = await inventory.call("hosts.get", {"host_id": added["id"]}, token=lab.admin)
+    assert (kept["version"], kept["labels"], kept["gpus"]) == (1, devices, {"h100": 2})
+    # fewer GPUs with their devices listed is a valid change
+    smaller = await inventory.call(
+        "hosts.update",
+        {"host_id": added["id"], "gpus": {"h100": 1}, "labels": {"gpu.pci.h100": "0000:81:00.0"}},
+        token=lab.admin,
+    )
+    assert smaller["version"] == 2
+
+
 async def test_catalogue_writes_are_for_admins_and_reads_for_everyone_signed_in(
     inventory: InventoryHarness, lab: Lab
 ) -> None:

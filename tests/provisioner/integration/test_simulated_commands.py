@@ -502,6 +502,30 @@ async def test_gpu_instances_get_distinct_devices_and_a_gpu_too_many_fails_namin
         assert got4[0] not in got2
 
 
+async def test_a_gpu_create_that_outruns_its_hosts_announcement_waits_for_it(
+    provisioner_schema: Servers,
+    datacenter: Datacenter,
+    simulated_hosts: Callable[..., dict[str, str]],
+) -> None:
+    """Hosts and commands come on different streams: a GPU create for a host the worker has
+    not heard of yet is retried, not failed, and runs once the host is announced."""
+    name, uri = next(iter(simulated_hosts(1).items()))
+    datacenter.hosts[name] = uri  # the command names the host; its announcement comes later
+    results = datacenter.results
+    assert results is not None
+    async with running_worker(provisioner_schema, datacenter.name) as worker:
+        create = datacenter.schedule(name, gpus={"a100": 1})
+        await datacenter.publish(create)
+        await asyncio.sleep(1.0)
+        assert not await results.about(str(create.instance_id)), "neither started nor failed"
+        await datacenter.add_host(name, uri, labels={"gpu.pci.a100": "0000:81:00.0"})
+        await results.wait_for(InstanceStarted, str(create.instance_id), timeout_s=20)
+        dom = _domain(worker, uri, create.instance_id)
+        assert dom is not None
+        assert _hostdev_addresses(dom) == ["0000:81:00.0"]
+    assert not await results.matching(InstanceFailed, str(create.instance_id))
+
+
 # Hosts that cannot be reached, and other datacenters -----------------------------------------
 
 

@@ -6,6 +6,8 @@ datacenter's provisioner consumes only its own.
 
 from __future__ import annotations
 
+import re
+from collections.abc import Mapping
 from decimal import Decimal
 from enum import StrEnum
 from typing import Annotated
@@ -194,6 +196,42 @@ class InstanceDeleteRequested(_ProvisionCommand):
 
     subject_template = "provision.{datacenter}.instance.delete_requested"
     stream = PROVISION
+
+
+GPU_PCI_LABEL = "gpu.pci."
+"""The host label naming a GPU model's PCI devices, ``gpu.pci.<model>`` = comma-separated PCI
+addresses (``0000:81:00.0,0000:82:00.0``): the provisioner passes them through to instances."""
+_PCI_ADDRESS = re.compile(r"^[0-9a-f]{4}:[0-9a-f]{2}:[0-9a-f]{2}\.[0-7]$")
+
+
+def gpu_devices(labels: Mapping[str, str], model: str) -> list[str]:
+    """The PCI addresses a host's labels give for one GPU model, in the order listed."""
+    listed = labels.get(GPU_PCI_LABEL + model, "")
+    return [address.strip().lower() for address in listed.split(",") if address.strip()]
+
+
+def gpu_devices_problem(gpus: Mapping[str, int], labels: Mapping[str, str]) -> str | None:
+    """What is wrong with a host's GPU devices (each GPU needs its PCI address), or None."""
+    for model, count in sorted(gpus.items()):
+        if count == 0:
+            continue
+        label = GPU_PCI_LABEL + model
+        devices = gpu_devices(labels, model)
+        if len(devices) != count:
+            return (
+                f"the host has {count} {model} GPU(s): label {label} must list their {count} "
+                f"PCI address(es), comma-separated; it lists {len(devices)}"
+            )
+        for address in devices:
+            if not _PCI_ADDRESS.match(address):
+                return f"label {label}: {address!r} is not a PCI address like 0000:81:00.0"
+        if len(set(devices)) != len(devices):
+            return f"label {label} lists a PCI address twice"
+    for key in sorted(labels):
+        model = key.removeprefix(GPU_PCI_LABEL)
+        if key.startswith(GPU_PCI_LABEL) and not gpus.get(model):
+            return f"label {key} names devices of a GPU model the host does not have"
+    return None
 
 
 class HostRegistered(Event):

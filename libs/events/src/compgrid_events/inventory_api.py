@@ -28,8 +28,9 @@ GpuMap = dict[
     Annotated[str, Field(min_length=1, max_length=64)], Annotated[int, Field(gt=0, le=64)]
 ]
 Labels = dict[
-    Annotated[str, Field(min_length=1, max_length=64)], Annotated[str, Field(max_length=64)]
+    Annotated[str, Field(min_length=1, max_length=64)], Annotated[str, Field(max_length=1000)]
 ]
+"""Free-form host and instance labels; long enough for a host's GPU PCI addresses."""
 Cursor = Annotated[str | None, Field(default=None, max_length=100)]
 
 

@@ -20,7 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from compgrid_events import uuid7
 from compgrid_events.base import Money, utc_now
-from compgrid_events.inventory import HostRegistered, PriceTierChanged
+from compgrid_events.inventory import HostRegistered, PriceTierChanged, gpu_devices_problem
 from compgrid_events.inventory_api import (
     AddRates,
     CreateDatacenter,
@@ -190,6 +190,7 @@ def _host_public(row: Any, datacenter_name: str, instances: int = 0) -> HostPubl
 async def register_host(deps: Deps, caller: Caller, body: RegisterHost) -> HostPublic:
     """Add a hypervisor host to a datacenter."""
     _admin(caller)
+    _check_gpu_devices(body.gpus, body.labels)
     async with deps.uow() as uow:
         dc = await datacenter_by_name(uow.session, body.datacenter)
         values = body.model_dump(exclude={"datacenter"})
@@ -234,10 +235,18 @@ async def update_host(deps: Deps, caller: Caller, body: UpdateHost) -> HostPubli
         if body.expected_version is not None and current.version != body.expected_version:
             raise Conflict(f"host is at version {current.version}", code="version_mismatch")
         merged = {**current._asdict(), **changes}
+        _check_gpu_devices(merged["gpus"], merged["labels"])
         _check_claims_fit(merged, current)
         row = await set_host(uow, current.id, current.datacenter_name, **changes)
         await uow.commit()
     return _host_public(row, current.datacenter_name)
+
+
+def _check_gpu_devices(gpus: Mapping[str, int], labels: Mapping[str, str]) -> None:
+    """Refuse GPUs the provisioner could not pass through (each needs its PCI address)."""
+    problem = gpu_devices_problem(gpus, labels)
+    if problem is not None:
+        raise Invalid(problem, code="gpu_devices", field="labels")
 
 
 def _check_claims_fit(merged: Mapping[str, Any], current: Any) -> None:

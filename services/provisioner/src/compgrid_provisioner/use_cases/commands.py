@@ -18,11 +18,13 @@ from sqlalchemy.engine import Row
 
 from compgrid_events.base import utc_now
 from compgrid_events.inventory import (
+    GPU_PCI_LABEL,
     InstanceDeleteRequested,
     InstanceRebootRequested,
     InstanceScheduled,
     InstanceStartRequested,
     InstanceStopRequested,
+    gpu_devices,
 )
 from compgrid_provisioner.adapters.hypervisor import (
     Hypervisor,
@@ -57,8 +59,9 @@ from compgrid_runtime.uow import UnitOfWork
 
 log = get_logger(__name__)
 
-GPU_LABEL = "gpu.pci."
-"""Host label prefix naming a GPU model's PCI addresses: ``gpu.pci.a100 = 0000:81:00.0,…``."""
+
+class HostNotYetKnownError(Exception):
+    """A command for a host whose announcement has not reached this worker yet (retried)."""
 
 
 def _ours(deps: Deps, datacenter: str) -> None:
@@ -112,6 +115,10 @@ async def _gpu_addresses(uow: UnitOfWork, event: InstanceScheduled) -> tuple[str
         .where(host.c.datacenter == event.datacenter, host.c.name == event.host)
         .with_for_update()
     )
+    if labels is None:
+        # The host's announcement comes on another stream and has not been applied yet: try
+        # the command again shortly (nak with backoff) rather than fail it.
+        raise HostNotYetKnownError(f"host {event.host} of {event.datacenter} is not known yet")
     taken_rows = await uow.session.scalars(
         select(instance.c.gpu_addresses).where(
             instance.c.datacenter == event.datacenter,
@@ -123,12 +130,11 @@ async def _gpu_addresses(uow: UnitOfWork, event: InstanceScheduled) -> tuple[str
     taken = {address for addresses in taken_rows for address in addresses}
     chosen: list[str] = []
     for model, count in sorted(wanted.items()):
-        listed = [a.strip() for a in (labels or {}).get(GPU_LABEL + model, "").split(",")]
-        free = [a for a in listed if a and a not in taken]
+        free = [a for a in gpu_devices(labels, model) if a not in taken]
         if len(free) < count:
             raise HypervisorError(
                 f"host {event.host} has {len(free)} free {model} GPU(s) of {count} needed "
-                f"(PCI addresses come from its label {GPU_LABEL}{model})"
+                f"(PCI addresses come from its label {GPU_PCI_LABEL}{model})"
             )
         chosen += free[:count]
     return tuple(chosen)
