@@ -279,6 +279,32 @@ async def _known(uow: UnitOfWork, instance_id: UUID) -> Row[Any]:
     return row
 
 
+async def _gone(
+    uow: UnitOfWork, row: Row[Any], command_event_id: UUID, sample: Sample | None = None
+) -> None:
+    await mark_failed(
+        uow,
+        row,
+        reason="the domain is gone from its host",
+        sample=sample,
+        command_event_id=command_event_id,
+    )
+
+
+async def _runs(
+    deps: Deps, uow: UnitOfWork, row: Row[Any], command_event_id: UUID, cpu_time_ns: int
+) -> None:
+    """Report the instance running, with the addresses its host knows now."""
+    await mark_running(
+        uow,
+        row,
+        cpu_time_ns=cpu_time_ns,
+        addresses=await deps.hosts.call(row.host_uri, lambda h: h.addresses(row.id)),
+        domain_uuid=row.id,
+        command_event_id=command_event_id,
+    )
+
+
 async def on_start(deps: Deps, event: InstanceStartRequested, uow: UnitOfWork) -> None:
     """Start a stopped instance."""
     _ours(deps, event.datacenter)
@@ -288,19 +314,10 @@ async def on_start(deps: Deps, event: InstanceStartRequested, uow: UnitOfWork) -
     await set_instance(uow, row.id, desired="running", command_version=event.version)
     power = await deps.hosts.call(row.host_uri, lambda h: h.start(row.id))
     if power is Power.MISSING:
-        await mark_failed(
-            uow, row, reason="the domain is gone from its host", command_event_id=event.event_id
-        )
+        await _gone(uow, row, event.event_id)
         return
     sample = await deps.hosts.call(row.host_uri, lambda h: h.sample(row.id))
-    await mark_running(
-        uow,
-        row,
-        cpu_time_ns=sample.cpu_time_ns if sample else 0,
-        addresses=await deps.hosts.call(row.host_uri, lambda h: h.addresses(row.id)),
-        domain_uuid=row.id,
-        command_event_id=event.event_id,
-    )
+    await _runs(deps, uow, row, event.event_id, sample.cpu_time_ns if sample else 0)
 
 
 async def on_stop(deps: Deps, event: InstanceStopRequested, uow: UnitOfWork) -> None:
@@ -318,13 +335,7 @@ async def on_stop(deps: Deps, event: InstanceStopRequested, uow: UnitOfWork) -> 
 
     sample, power = await deps.hosts.call(row.host_uri, stop)
     if power is Power.MISSING:
-        await mark_failed(
-            uow,
-            row,
-            reason="the domain is gone from its host",
-            sample=sample,
-            command_event_id=event.event_id,
-        )
+        await _gone(uow, row, event.event_id, sample)
         return
     await mark_stopped(
         uow,
@@ -344,22 +355,13 @@ async def on_reboot(deps: Deps, event: InstanceRebootRequested, uow: UnitOfWork)
     await set_instance(uow, row.id, command_version=event.version)
     power = await deps.hosts.call(row.host_uri, lambda h: h.reboot(row.id))
     if power is Power.MISSING:
-        await mark_failed(
-            uow, row, reason="the domain is gone from its host", command_event_id=event.event_id
-        )
+        await _gone(uow, row, event.event_id)
     elif power is Power.OFF:
         await mark_stopped(
             uow, row, sample=None, reason="found stopped", command_event_id=event.event_id
         )
     else:
-        await mark_running(
-            uow,
-            row,
-            cpu_time_ns=row.cpu_time_ns,
-            addresses=await deps.hosts.call(row.host_uri, lambda h: h.addresses(row.id)),
-            domain_uuid=row.id,
-            command_event_id=event.event_id,
-        )
+        await _runs(deps, uow, row, event.event_id, row.cpu_time_ns)
 
 
 async def on_delete(deps: Deps, event: InstanceDeleteRequested, uow: UnitOfWork) -> None:
