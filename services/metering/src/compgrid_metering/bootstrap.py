@@ -2,11 +2,27 @@
 
 from __future__ import annotations
 
+from redis.asyncio import Redis
+
+from compgrid_metering.adapters.counters import Counters
 from compgrid_metering.adapters.tables import metadata
 from compgrid_metering.config import Settings
+from compgrid_metering.entrypoints.consumers import register_consumers
+from compgrid_metering.use_cases.deps import Deps
 from compgrid_runtime.app import ServiceApp
 
 
 def bootstrap(settings: Settings | None = None) -> ServiceApp:
     """Return the metering service process, ready to ``run()``."""
-    return ServiceApp(settings or Settings(), metadata)
+    return build(settings or Settings())[0]
+
+
+def build(settings: Settings) -> tuple[ServiceApp, Deps]:
+    """Return the process and the ports its use cases use."""
+    app = ServiceApp(settings, metadata)
+    counters = Counters(
+        Redis.from_url(settings.redis_url), settings.redis_prefix, settings.dedup_ttl_s
+    )
+    deps = Deps(uow=app.unit_of_work, settings=settings, counters=counters)
+    register_consumers(app.consumers, deps)
+    return app, deps

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
 from compgrid_runtime.settings import ServiceSettings
@@ -12,3 +13,13 @@ class Settings(ServiceSettings):
 
     model_config = SettingsConfigDict(env_prefix="COMPGRID_METERING_", extra="ignore")
     service_name = "metering"
+
+    redis_prefix: str = Field(
+        default="compgrid:metering:", description="every metering key starts with this"
+    )
+    dedup_ttl_s: int = Field(
+        default=30 * 86_400,
+        ge=3600,
+        description="how long an applied tick's id is remembered (re-sent ticks come sooner)",
+    )
+    usage_batch_size: int = Field(default=256, ge=1, le=4096)

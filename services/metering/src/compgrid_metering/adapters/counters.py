@@ -1,0 +1,181 @@
+"""Usage counters in Redis, each tick applied exactly once.
+
+One Lua script claims the tick's id (``SET NX`` with an expiry) and, only when the claim is new,
+applies every increment of the tick; Redis runs a script atomically, so a tick is either wholly
+counted once or not at all, whichever metering process delivers it and however often.
+
+Keys (``P`` is the configured prefix; hours are UTC epoch seconds):
+
+* ``P:dedup:<tick id>`` — the claim of an applied tick;
+* ``P:i:<hour>:<instance>``, ``P:p:<hour>:<project>``, ``P:b:<hour>:<budget code>`` — hashes of
+  ``running_us``, ``vcpu_us``, ``memory_mib_us``, ``cpu_ns`` and ``gpu_us:<model>``; the
+  instance's hash also names its ``project`` and ``budget``;
+* ``P:h:<hour>`` — the instances with usage in that hour;
+  ``P:ih:<instance>``, ``P:ph:<project>``, ``P:bh:<budget code>`` — the hours each has usage in;
+* ``P:touched`` — hours by when they last received usage (closing rollups reads it).
+
+The script names its keys in its arguments, so it needs a single Redis (not a cluster).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from uuid import UUID
+
+from redis.asyncio import Redis
+
+from compgrid_metering.domain.hours import Piece
+
+_APPLY = """
+if not redis.call('SET', KEYS[1], '1', 'NX', 'EX', ARGV[1]) then
+  return 0
+end
+local i = 2
+while i <= #ARGV do
+  local op = ARGV[i]
+  if op == 'I' then
+    redis.call('HINCRBY', ARGV[i + 1], ARGV[i + 2], ARGV[i + 3])
+    i = i + 4
+  elseif op == 'H' then
+    redis.call('HSET', ARGV[i + 1], ARGV[i + 2], ARGV[i + 3])
+    i = i + 4
+  elseif op == 'S' then
+    redis.call('SADD', ARGV[i + 1], ARGV[i + 2])
+    i = i + 3
+  else
+    redis.call('ZADD', ARGV[i + 1], ARGV[i + 2], ARGV[i + 3])
+    i = i + 4
+  end
+end
+return 1
+"""
+
+FIELDS = ("running_us", "vcpu_us", "memory_mib_us", "cpu_ns")
+
+
+@dataclass
+class Usage:
+    """Summed usage: whole microseconds (per vCPU, per MiB, per GPU) and CPU nanoseconds."""
+
+    running_us: int = 0
+    vcpu_us: int = 0
+    memory_mib_us: int = 0
+    cpu_ns: int = 0
+    gpu_us: dict[str, int] = field(default_factory=dict)
+
+    def add(self, other: Usage) -> None:
+        """Add another usage to this one."""
+        self.running_us += other.running_us
+        self.vcpu_us += other.vcpu_us
+        self.memory_mib_us += other.memory_mib_us
+        self.cpu_ns += other.cpu_ns
+        for model, us in other.gpu_us.items():
+            self.gpu_us[model] = self.gpu_us.get(model, 0) + us
+
+    @classmethod
+    def from_hash(cls, values: Mapping[bytes | str, bytes | str]) -> Usage:
+        """Read one counter hash."""
+        usage = cls()
+        for raw_key, raw_value in values.items():
+            key = raw_key.decode() if isinstance(raw_key, bytes) else raw_key
+            if key in FIELDS:
+                setattr(usage, key, int(raw_value))
+            elif key.startswith("gpu_us:"):
+                usage.gpu_us[key.removeprefix("gpu_us:")] = int(raw_value)
+        return usage
+
+
+def epoch(hour: datetime) -> int:
+    """An hour as its UTC epoch second."""
+    return int(hour.timestamp())
+
+
+def hour_at(seconds: int | bytes | str) -> datetime:
+    """The UTC hour starting at an epoch second."""
+    return datetime.fromtimestamp(int(seconds), UTC)
+
+
+class Counters:
+    """The usage counters of one metering deployment."""
+
+    def __init__(self, redis: Redis, prefix: str, dedup_ttl_s: int) -> None:
+        self.redis = redis
+        self._p = prefix
+        self._ttl = dedup_ttl_s
+        self._apply = redis.register_script(_APPLY)
+
+    def key(self, kind: str, *parts: object) -> str:
+        """A key of this deployment."""
+        return ":".join((self._p + kind, *(str(p) for p in parts)))
+
+    def _ops(self, found: Iterable[Piece], now_ms: int) -> list[str | int]:
+        ops: list[str | int] = []
+        touched: dict[int, None] = {}
+        for piece in found:
+            hour = epoch(piece.hour)
+            touched[hour] = None
+            values = {
+                "running_us": piece.running_us,
+                "vcpu_us": piece.vcpu_us,
+                "memory_mib_us": piece.memory_mib_us,
+                "cpu_ns": piece.cpu_ns,
+                **{f"gpu_us:{model}": us for model, us in piece.gpu_us.items()},
+            }
+            own = self.key("i", hour, piece.instance_id)
+            for counter in (
+                own,
+                self.key("p", hour, piece.project_id),
+                self.key("b", hour, piece.budget_code_id),
+            ):
+                for name, amount in values.items():
+                    if amount:
+                        ops += ["I", counter, name, amount]
+            ops += ["H", own, "project", str(piece.project_id)]
+            ops += ["H", own, "budget", str(piece.budget_code_id)]
+            ops += ["S", self.key("h", hour), str(piece.instance_id)]
+            ops += ["S", self.key("ih", piece.instance_id), hour]
+            ops += ["S", self.key("ph", piece.project_id), hour]
+            ops += ["S", self.key("bh", piece.budget_code_id), hour]
+        for hour in touched:
+            ops += ["Z", self.key("touched"), now_ms, hour]
+        return ops
+
+    async def apply(self, ticks: list[tuple[str, list[Piece]]], now_ms: int) -> list[bool]:
+        """Apply ticks (id, pieces) in one round trip; True for each applied now, False for
+        one applied before."""
+        pipe = self.redis.pipeline(transaction=False)
+        for tick_id, found in ticks:
+            await self._apply(
+                keys=[self.key("dedup", tick_id)],
+                args=[self._ttl, *self._ops(found, now_ms)],
+                client=pipe,
+            )
+        results = await pipe.execute()
+        return [bool(r) for r in results]
+
+    async def usage(self, kind: str, owner: UUID, hour: datetime) -> Usage:
+        """One instance's (``i``), project's (``p``) or budget code's (``b``) usage in an hour."""
+        return Usage.from_hash(await self.redis.hgetall(self.key(kind, epoch(hour), owner)))
+
+    async def hours(self, kind: str, owner: UUID) -> list[datetime]:
+        """The hours an instance (``ih``), project (``ph``) or budget code (``bh``) has usage in."""
+        found = await self.redis.smembers(self.key(kind, owner))
+        return sorted(hour_at(h) for h in found)
+
+    async def by_hour(self, kind: str, owner: UUID) -> dict[datetime, Usage]:
+        """Every hour's usage of an instance (``i``), project (``p``) or budget code (``b``)."""
+        hours = await self.hours(f"{kind}h", owner)
+        pipe = self.redis.pipeline(transaction=False)
+        for hour in hours:
+            pipe.hgetall(self.key(kind, epoch(hour), owner))
+        values = await pipe.execute()
+        return {hour: Usage.from_hash(v) for hour, v in zip(hours, values, strict=True)}
+
+    async def total(self, kind: str, owner: UUID) -> Usage:
+        """All usage of an instance, project or budget code that Redis holds."""
+        summed = Usage()
+        for usage in (await self.by_hour(kind, owner)).values():
+            summed.add(usage)
+        return summed

@@ -1,0 +1,28 @@
+"""The metering service's durable consumers."""
+
+from __future__ import annotations
+
+from functools import partial
+
+from compgrid_events.provisioner import UsageTick
+from compgrid_events.streams import USAGE
+from compgrid_metering.use_cases.deps import Deps
+from compgrid_metering.use_cases.ingest import on_usage_tick
+from compgrid_runtime.consumers import Consumers, ConsumerSpec
+
+
+def usage_spec(deps: Deps) -> ConsumerSpec:
+    """Every datacenter's usage ticks; every metering process shares this durable."""
+    return ConsumerSpec(
+        "usage",
+        USAGE,
+        "usage.>",
+        "usage ticks of every datacenter into the counters",
+        batch_size=deps.settings.usage_batch_size,
+    )
+
+
+def register_consumers(consumers: Consumers, deps: Deps) -> None:
+    """Bind every handler to its durable consumer."""
+    # Not transactional: a tick's exactly-once claim lives in Redis, with its increments.
+    consumers.add(usage_spec(deps), {UsageTick: partial(on_usage_tick, deps)}, transactional=False)
