@@ -23,3 +23,9 @@ class Settings(ServiceSettings):
         description="how long an applied tick's id is remembered (re-sent ticks come sooner)",
     )
     usage_batch_size: int = Field(default=256, ge=1, le=4096)
+    rollup_interval_s: float = Field(default=60.0, gt=0, description="how often hours close")
+    rollup_lateness_s: float = Field(
+        default=300.0,
+        ge=0,
+        description="an hour closes this long after it ended; later usage corrects it",
+    )

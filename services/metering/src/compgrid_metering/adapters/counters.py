@@ -22,6 +22,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import Any
 from uuid import UUID
 
 from redis.asyncio import Redis
@@ -50,6 +51,13 @@ while i <= #ARGV do
   end
 end
 return 1
+"""
+
+_FORGET = """
+if redis.call('ZSCORE', KEYS[1], ARGV[1]) == ARGV[2] then
+  return redis.call('ZREM', KEYS[1], ARGV[1])
+end
+return 0
 """
 
 FIELDS = ("running_us", "vcpu_us", "memory_mib_us", "cpu_ns")
@@ -87,6 +95,10 @@ class Usage:
         return usage
 
 
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
 def epoch(hour: datetime) -> int:
     """An hour as its UTC epoch second."""
     return int(hour.timestamp())
@@ -105,6 +117,7 @@ class Counters:
         self._p = prefix
         self._ttl = dedup_ttl_s
         self._apply = redis.register_script(_APPLY)
+        self._forget = redis.register_script(_FORGET)
 
     def key(self, kind: str, *parts: object) -> str:
         """A key of this deployment."""
@@ -179,3 +192,37 @@ class Counters:
         for usage in (await self.by_hour(kind, owner)).values():
             summed.add(usage)
         return summed
+
+    async def touched_before(self, latest: datetime) -> list[tuple[datetime, str]]:
+        """Hours up to ``latest`` that received usage since they were last rolled up, each with
+        the mark of its last touch (to forget it only if nothing came since)."""
+        found: list[Any] = await self.redis.zrange(self.key("touched"), 0, -1, withscores=True)
+        hours = []
+        for member, score in found:
+            hour = hour_at(member)
+            if hour <= latest:
+                hours.append((hour, repr(int(score)) if score == int(score) else repr(score)))
+        return sorted(hours)
+
+    async def forget_touch(self, hour: datetime, mark: str) -> bool:
+        """Mark an hour rolled up, unless usage came in after ``mark``."""
+        return bool(await self._forget(keys=[self.key("touched")], args=[epoch(hour), mark]))
+
+    async def hour_instances(self, hour: datetime) -> dict[UUID, tuple[Usage, UUID, UUID]]:
+        """Every instance's usage in an hour, with its project and budget code."""
+        members = sorted(_text(m) for m in await self.redis.smembers(self.key("h", epoch(hour))))
+        pipe = self.redis.pipeline(transaction=False)
+        for member in members:
+            pipe.hgetall(self.key("i", epoch(hour), member))
+        found: dict[UUID, tuple[Usage, UUID, UUID]] = {}
+        for member, values in zip(members, await pipe.execute(), strict=True):
+            project = values.get(b"project")
+            budget = values.get(b"budget")
+            if project is None or budget is None:
+                continue  # its keys were lost: a rebuild restores them
+            found[UUID(member)] = (
+                Usage.from_hash(values),
+                UUID(_text(project)),
+                UUID(_text(budget)),
+            )
+        return found

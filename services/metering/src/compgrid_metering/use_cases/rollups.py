@@ -1,0 +1,126 @@
+"""Closing hourly rollups: Redis counters of past hours into Postgres, and ``UsageRecorded``.
+
+An hour is closed once ``rollup_lateness_s`` has passed since it ended. Each instance's usage
+in the hour is written as one row and published (through the outbox, in the same transaction)
+as ``UsageRecorded``. Usage that comes in after an hour was closed touches the hour again; the
+next round writes the corrected totals with ``revision`` + 1 and publishes them, so late usage
+corrects a rollup and is never lost. A round that finds nothing new publishes nothing.
+Several metering processes may run rounds: a transaction-scoped advisory lock lets one at a
+time do it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import datetime, timedelta
+from decimal import Decimal
+from typing import Any
+from uuid import UUID
+
+from sqlalchemy import func, select, text
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+
+from compgrid_events.base import utc_now
+from compgrid_events.metering import UsageRecorded
+from compgrid_metering.adapters.counters import Usage
+from compgrid_metering.adapters.tables import rollup
+from compgrid_metering.domain.hours import HOUR
+from compgrid_metering.use_cases.deps import Deps
+from compgrid_runtime.logs import get_logger
+from compgrid_runtime.uow import UnitOfWork
+
+log = get_logger(__name__)
+
+_LOCK = "compgrid.metering.rollups"
+MILLION = Decimal(1_000_000)
+
+
+def recorded(
+    instance_id: UUID, hour: datetime, revision: int, usage: Usage, project: UUID, budget: UUID
+) -> UsageRecorded:
+    """The event of one instance's closed hour (exact decimals of the whole-number counters)."""
+    return UsageRecorded(
+        instance_id=instance_id,
+        project_id=project,
+        budget_code_id=budget,
+        hour_start=hour,
+        revision=revision,
+        running_seconds=Decimal(usage.running_us) / MILLION,
+        vcpu_seconds=Decimal(usage.vcpu_us) / MILLION,
+        memory_gib_seconds=Decimal(usage.memory_mib_us) / MILLION / 1024,
+        gpu_seconds={m: Decimal(us) / MILLION for m, us in sorted(usage.gpu_us.items())},
+        cpu_time_seconds=Decimal(usage.cpu_ns) / 1_000_000_000,
+    )
+
+
+def _row_usage(row: Any) -> Usage:
+    return Usage(row.running_us, row.vcpu_us, row.memory_mib_us, row.cpu_ns, dict(row.gpu_us))
+
+
+async def _close_hour(deps: Deps, uow: UnitOfWork, hour: datetime) -> int:
+    """Write and publish what changed in one hour; return how many instances changed."""
+    found = await deps.counters.hour_instances(hour)
+    if not found:
+        return 0
+    existing = {
+        row.instance_id: row
+        for row in await uow.session.execute(
+            select(rollup).where(rollup.c.hour_start == hour, rollup.c.instance_id.in_(list(found)))
+        )
+    }
+    changed = 0
+    for instance_id, (usage, project, budget) in sorted(found.items()):
+        before = existing.get(instance_id)
+        if before is not None and _row_usage(before) == usage:
+            continue
+        revision = 1 if before is None else before.revision + 1
+        values = {
+            "project_id": project,
+            "budget_code_id": budget,
+            "revision": revision,
+            "running_us": usage.running_us,
+            "vcpu_us": usage.vcpu_us,
+            "memory_mib_us": usage.memory_mib_us,
+            "cpu_ns": usage.cpu_ns,
+            "gpu_us": usage.gpu_us,
+        }
+        statement = pg_insert(rollup).values(instance_id=instance_id, hour_start=hour, **values)
+        await uow.session.execute(
+            statement.on_conflict_do_update(
+                index_elements=[rollup.c.instance_id, rollup.c.hour_start],
+                set_={**values, "updated_at": func.now()},
+            )
+        )
+        uow.emit(recorded(instance_id, hour, revision, usage, project, budget))
+        changed += 1
+    return changed
+
+
+async def close_hours(deps: Deps, now: datetime | None = None) -> int:
+    """One round: roll up every touched hour that is closed; return the rows written."""
+    now = now or utc_now()
+    latest = now - timedelta(seconds=deps.settings.rollup_lateness_s) - HOUR
+    written = 0
+    for hour, mark in await deps.counters.touched_before(latest):
+        async with deps.uow() as uow:
+            got = await uow.session.scalar(
+                text("SELECT pg_try_advisory_xact_lock(hashtext(:k))"), {"k": _LOCK}
+            )
+            if not got:
+                return written  # another process is rolling up
+            written += await _close_hour(deps, uow, hour)
+            await uow.commit()
+        await deps.counters.forget_touch(hour, mark)
+    return written
+
+
+async def roll_up_forever(deps: Deps) -> None:
+    """Close hours every ``rollup_interval_s`` until cancelled."""
+    while True:
+        try:
+            written = await close_hours(deps)
+            if written:
+                log.info("hours rolled up", rows=written)
+        except Exception as exc:  # a round that failed is tried again next time
+            log.warning("rollup round failed", error=repr(exc))
+        await asyncio.sleep(deps.settings.rollup_interval_s)
