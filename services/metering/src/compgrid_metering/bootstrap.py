@@ -8,6 +8,7 @@ from compgrid_metering.adapters.counters import Counters
 from compgrid_metering.adapters.tables import metadata
 from compgrid_metering.config import Settings
 from compgrid_metering.entrypoints.consumers import register_consumers
+from compgrid_metering.entrypoints.rpc import register_routes
 from compgrid_metering.use_cases.deps import Deps
 from compgrid_metering.use_cases.rollups import roll_up_forever
 from compgrid_runtime.app import ServiceApp
@@ -26,6 +27,7 @@ def build(settings: Settings) -> tuple[ServiceApp, Deps]:
     )
     deps = Deps(uow=app.unit_of_work, settings=settings, counters=counters)
     register_consumers(app.consumers, deps)
+    register_routes(app.rpc, deps)
 
     async def roll_up(_: ServiceApp) -> None:
         await roll_up_forever(deps)

@@ -12,7 +12,8 @@ Keys (``P`` is the configured prefix; hours are UTC epoch seconds):
   instance's hash also names its ``project`` and ``budget``;
 * ``P:h:<hour>`` — the instances with usage in that hour;
   ``P:ih:<instance>``, ``P:ph:<project>``, ``P:bh:<budget code>`` — the hours each has usage in;
-* ``P:touched`` — hours by when they last received usage (closing rollups reads it).
+* ``P:touched`` — hours by when they last received usage (closing rollups reads it);
+* ``P:owner`` — the project of each instance (``i:<id>``) and budget code (``b:<id>``).
 
 The script names its keys in its arguments, so it needs a single Redis (not a cluster).
 """
@@ -147,6 +148,8 @@ class Counters:
                         ops += ["I", counter, name, amount]
             ops += ["H", own, "project", str(piece.project_id)]
             ops += ["H", own, "budget", str(piece.budget_code_id)]
+            ops += ["H", self.key("owner"), f"i:{piece.instance_id}", str(piece.project_id)]
+            ops += ["H", self.key("owner"), f"b:{piece.budget_code_id}", str(piece.project_id)]
             ops += ["S", self.key("h", hour), str(piece.instance_id)]
             ops += ["S", self.key("ih", piece.instance_id), hour]
             ops += ["S", self.key("ph", piece.project_id), hour]
@@ -177,9 +180,25 @@ class Counters:
         found = await self.redis.smembers(self.key(kind, owner))
         return sorted(hour_at(h) for h in found)
 
-    async def by_hour(self, kind: str, owner: UUID) -> dict[datetime, Usage]:
-        """Every hour's usage of an instance (``i``), project (``p``) or budget code (``b``)."""
-        hours = await self.hours(f"{kind}h", owner)
+    async def project_of(self, kind: str, owner: UUID) -> UUID | None:
+        """The project of an instance (``i``) or budget code (``b``) with usage here."""
+        found = await self.redis.hget(self.key("owner"), f"{kind}:{owner}")
+        return UUID(_text(found)) if found is not None else None
+
+    async def by_hour(
+        self,
+        kind: str,
+        owner: UUID,
+        since: datetime | None = None,
+        until: datetime | None = None,
+    ) -> dict[datetime, Usage]:
+        """Each hour's usage of an instance (``i``), project (``p``) or budget code (``b``),
+        for the hours starting in ``[since, until)`` when given."""
+        hours = [
+            hour
+            for hour in await self.hours(f"{kind}h", owner)
+            if (since is None or hour >= since) and (until is None or hour < until)
+        ]
         pipe = self.redis.pipeline(transaction=False)
         for hour in hours:
             pipe.hgetall(self.key(kind, epoch(hour), owner))
