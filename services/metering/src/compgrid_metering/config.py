@@ -29,3 +29,9 @@ class Settings(ServiceSettings):
         ge=0,
         description="an hour closes this long after it ended; later usage corrects it",
     )
+    idle_cpu_percent: float = Field(
+        default=5.0, gt=0, le=100, description="below this CPU use an instance counts as idle"
+    )
+    idle_after_s: float = Field(
+        default=4 * 3600.0, gt=0, description="idle this long: InstanceIdle is published"
+    )

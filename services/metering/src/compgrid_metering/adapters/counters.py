@@ -13,7 +13,9 @@ Keys (``P`` is the configured prefix; hours are UTC epoch seconds):
 * ``P:h:<hour>`` — the instances with usage in that hour;
   ``P:ih:<instance>``, ``P:ph:<project>``, ``P:bh:<budget code>`` — the hours each has usage in;
 * ``P:touched`` — hours by when they last received usage (closing rollups reads it);
-* ``P:owner`` — the project of each instance (``i:<id>``) and budget code (``b:<id>``).
+* ``P:owner`` — the project of each instance (``i:<id>``) and budget code (``b:<id>``);
+* ``P:idle:<instance>`` — its current idle stretch (since, until, CPU used and available);
+  ``P:idlers`` — the instances in one.
 
 The script names its keys in its arguments, so it needs a single Redis (not a cluster).
 """
@@ -46,6 +48,19 @@ while i <= #ARGV do
   elseif op == 'S' then
     redis.call('SADD', ARGV[i + 1], ARGV[i + 2])
     i = i + 3
+  elseif op == 'N' then
+    redis.call('HSETNX', ARGV[i + 1], ARGV[i + 2], ARGV[i + 3])
+    i = i + 4
+  elseif op == 'M' then
+    local now = tonumber(redis.call('HGET', ARGV[i + 1], ARGV[i + 2]))
+    if now == nil or now < tonumber(ARGV[i + 3]) then
+      redis.call('HSET', ARGV[i + 1], ARGV[i + 2], ARGV[i + 3])
+    end
+    i = i + 4
+  elseif op == 'X' then
+    redis.call('DEL', ARGV[i + 1])
+    redis.call('SREM', ARGV[i + 2], ARGV[i + 3])
+    i = i + 4
   else
     redis.call('ZADD', ARGV[i + 1], ARGV[i + 2], ARGV[i + 3])
     i = i + 4
@@ -62,6 +77,41 @@ return 0
 """
 
 FIELDS = ("running_us", "vcpu_us", "memory_mib_us", "cpu_ns")
+
+
+@dataclass(frozen=True)
+class Activity:
+    """How busy one instance was over one sample (for idle detection)."""
+
+    instance_id: UUID
+    project_id: UUID
+    idle: bool
+    started_ms: int
+    ended_ms: int
+    cpu_ns: int
+    capacity_ns: int
+
+
+@dataclass(frozen=True)
+class Tick:
+    """What one usage tick adds: its id, its pieces per hour, and how busy each instance was."""
+
+    tick_id: str
+    pieces: list[Piece]
+    activity: list[Activity] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Idle:
+    """An instance idle since ``since`` up to ``until``, with its CPU use meanwhile."""
+
+    instance_id: UUID
+    project_id: UUID
+    since: datetime
+    until: datetime
+    cpu_ns: int
+    capacity_ns: int
+    reported: bool
 
 
 @dataclass
@@ -158,14 +208,34 @@ class Counters:
             ops += ["Z", self.key("touched"), now_ms, hour]
         return ops
 
-    async def apply(self, ticks: list[tuple[str, list[Piece]]], now_ms: int) -> list[bool]:
-        """Apply ticks (id, pieces) in one round trip; True for each applied now, False for
-        one applied before."""
+    def _idle_ops(self, marks: Iterable[Activity]) -> list[str | int]:
+        ops: list[str | int] = []
+        idlers = self.key("idlers")
+        for mark in marks:
+            own = self.key("idle", mark.instance_id)
+            if not mark.idle:  # busy again: the idle stretch ends
+                ops += ["X", own, idlers, str(mark.instance_id)]
+                continue
+            ops += ["N", own, "since_ms", mark.started_ms]
+            ops += ["M", own, "to_ms", mark.ended_ms]
+            ops += ["I", own, "cpu_ns", mark.cpu_ns]
+            ops += ["I", own, "capacity_ns", mark.capacity_ns]
+            ops += ["H", own, "project", str(mark.project_id)]
+            ops += ["S", idlers, str(mark.instance_id)]
+        return ops
+
+    async def apply(self, ticks: list[Tick], now_ms: int) -> list[bool]:
+        """Apply ticks in one round trip; True for each applied now, False for one applied
+        before."""
         pipe = self.redis.pipeline(transaction=False)
-        for tick_id, found in ticks:
+        for tick in ticks:
             await self._apply(
-                keys=[self.key("dedup", tick_id)],
-                args=[self._ttl, *self._ops(found, now_ms)],
+                keys=[self.key("dedup", tick.tick_id)],
+                args=[
+                    self._ttl,
+                    *self._ops(tick.pieces, now_ms),
+                    *self._idle_ops(tick.activity),
+                ],
                 client=pipe,
             )
         results = await pipe.execute()
@@ -245,3 +315,31 @@ class Counters:
                 UUID(_text(budget)),
             )
         return found
+
+    async def idle(self) -> list[Idle]:
+        """Every instance in an idle stretch now."""
+        members = sorted(_text(m) for m in await self.redis.smembers(self.key("idlers")))
+        pipe = self.redis.pipeline(transaction=False)
+        for member in members:
+            pipe.hgetall(self.key("idle", member))
+        found = []
+        for member, raw in zip(members, await pipe.execute(), strict=True):
+            values = {_text(k): _text(v) for k, v in raw.items()}
+            if "since_ms" not in values or "project" not in values:
+                continue
+            found.append(
+                Idle(
+                    instance_id=UUID(member),
+                    project_id=UUID(values["project"]),
+                    since=datetime.fromtimestamp(int(values["since_ms"]) / 1000, UTC),
+                    until=datetime.fromtimestamp(int(values.get("to_ms", 0)) / 1000, UTC),
+                    cpu_ns=int(values.get("cpu_ns", 0)),
+                    capacity_ns=int(values.get("capacity_ns", 0)),
+                    reported="reported" in values,
+                )
+            )
+        return found
+
+    async def mark_reported(self, instance_id: UUID) -> None:
+        """Remember that an idle stretch was reported (until the instance is busy again)."""
+        await self.redis.hset(self.key("idle", instance_id), "reported", "1")

@@ -21,7 +21,7 @@ from sqlalchemy import func, select, text
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 
 from compgrid_events.base import utc_now
-from compgrid_events.metering import UsageRecorded
+from compgrid_events.metering import InstanceIdle, UsageRecorded
 from compgrid_metering.adapters.counters import Usage
 from compgrid_metering.adapters.tables import rollup
 from compgrid_metering.domain.hours import HOUR
@@ -121,6 +121,34 @@ async def roll_up_forever(deps: Deps) -> None:
             written = await close_hours(deps)
             if written:
                 log.info("hours rolled up", rows=written)
+            await report_idle(deps)
         except Exception as exc:  # a round that failed is tried again next time
             log.warning("rollup round failed", error=repr(exc))
         await asyncio.sleep(deps.settings.rollup_interval_s)
+
+
+async def report_idle(deps: Deps) -> int:
+    """Publish ``InstanceIdle`` once per idle stretch that lasted ``idle_after_s``."""
+    reported = 0
+    after = timedelta(seconds=deps.settings.idle_after_s)
+    for stretch in await deps.counters.idle():
+        if stretch.reported or stretch.until - stretch.since < after:
+            continue
+        percent = (
+            Decimal(stretch.cpu_ns * 100) / Decimal(stretch.capacity_ns)
+            if stretch.capacity_ns
+            else Decimal(0)
+        )
+        async with deps.uow() as uow:
+            uow.emit(
+                InstanceIdle(
+                    instance_id=stretch.instance_id,
+                    project_id=stretch.project_id,
+                    idle_since=stretch.since,
+                    cpu_utilisation_percent=round(percent, 3),
+                )
+            )
+            await uow.commit()
+        await deps.counters.mark_reported(stretch.instance_id)
+        reported += 1
+    return reported
