@@ -10,7 +10,7 @@ from compgrid_metering.config import Settings
 from compgrid_metering.entrypoints.consumers import register_consumers
 from compgrid_metering.entrypoints.rpc import register_routes
 from compgrid_metering.use_cases.deps import Deps
-from compgrid_metering.use_cases.rollups import roll_up_forever
+from compgrid_metering.use_cases.rollups import check_intact, roll_up_forever
 from compgrid_runtime.app import ServiceApp
 
 
@@ -32,5 +32,9 @@ def build(settings: Settings) -> tuple[ServiceApp, Deps]:
     async def roll_up(_: ServiceApp) -> None:
         await roll_up_forever(deps)
 
+    async def intact(_: ServiceApp) -> None:
+        await check_intact(deps)
+
+    app.on_start.append(intact)
     app.background.append(roll_up)
     return app, deps

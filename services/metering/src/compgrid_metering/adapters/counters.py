@@ -15,7 +15,9 @@ Keys (``P`` is the configured prefix; hours are UTC epoch seconds):
 * ``P:touched`` — hours by when they last received usage (closing rollups reads it);
 * ``P:owner`` — the project of each instance (``i:<id>``) and budget code (``b:<id>``);
 * ``P:idle:<instance>`` — its current idle stretch (since, until, CPU used and available);
-  ``P:idlers`` — the instances in one.
+  ``P:idlers`` — the instances in one;
+* ``P:intact`` — present while the counters are known complete; gone with a loss of Redis's
+  data, until a rebuild (rollups wait for it, so they never publish a loss as a correction).
 
 The script names its keys in its arguments, so it needs a single Redis (not a cluster).
 """
@@ -343,3 +345,11 @@ class Counters:
     async def mark_reported(self, instance_id: UUID) -> None:
         """Remember that an idle stretch was reported (until the instance is busy again)."""
         await self.redis.hset(self.key("idle", instance_id), "reported", "1")
+
+    async def intact(self) -> bool:
+        """True unless Redis lost the counters since they were last known complete."""
+        return bool(await self.redis.exists(self.key("intact")))
+
+    async def mark_intact(self) -> None:
+        """Say the counters are complete (a fresh deployment, or a finished rebuild)."""
+        await self.redis.set(self.key("intact"), "1")

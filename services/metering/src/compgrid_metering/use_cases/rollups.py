@@ -98,6 +98,9 @@ async def _close_hour(deps: Deps, uow: UnitOfWork, hour: datetime) -> int:
 
 async def close_hours(deps: Deps, now: datetime | None = None) -> int:
     """One round: roll up every touched hour that is closed; return the rows written."""
+    if not await deps.counters.intact():
+        log.warning("counters incomplete (Redis lost data): no rollups until a rebuild")
+        return 0
     now = now or utc_now()
     latest = now - timedelta(seconds=deps.settings.rollup_lateness_s) - HOUR
     written = 0
@@ -152,3 +155,18 @@ async def report_idle(deps: Deps) -> int:
         await deps.counters.mark_reported(stretch.instance_id)
         reported += 1
     return reported
+
+
+async def check_intact(deps: Deps) -> None:
+    """At start: a deployment that never rolled anything up starts with complete counters;
+    otherwise missing counters mean Redis lost data, and rollups wait for a rebuild."""
+    if await deps.counters.intact():
+        return
+    async with deps.uow() as uow:
+        any_rollup = await uow.session.scalar(select(rollup.c.instance_id).limit(1))
+    if any_rollup is None:
+        await deps.counters.mark_intact()
+    else:
+        log.error(
+            "Redis has lost the usage counters: run `compgrid-metering rebuild --since <time>`"
+        )
