@@ -96,6 +96,7 @@ class _Binding:
     durable: str
     handlers: Mapping[type[Any], Handler]
     transactional: bool
+    batched: bool = False
 
 
 @dataclass
@@ -129,11 +130,19 @@ class Consumers:
         handlers: Mapping[type[Any], Handler],
         *,
         transactional: bool = True,
+        batched: bool = False,
     ) -> None:
-        """Register handlers (by event class) under one durable consumer."""
+        """Register handlers (by event class) under one durable consumer.
+
+        ``batched`` (not transactional): each handler gets every event of its class in a
+        fetched batch at once, as a list; when it raises, every one of them is retried.
+        """
         if transactional and self._uow is None:
             raise ValueError("transactional handlers need a unit of work factory")
-        self._bindings.append(_Binding(spec, spec.durable(self._service), handlers, transactional))
+        if batched and transactional:
+            raise ValueError("batched handlers are not transactional")
+        binding = _Binding(spec, spec.durable(self._service), handlers, transactional, batched)
+        self._bindings.append(binding)
 
     async def start(self) -> None:
         """Create (or resume) every durable consumer and start pulling."""
@@ -303,6 +312,8 @@ class Consumers:
         if binding.transactional:
             assert self._uow is not None
             return await apply_batch(binding.durable, self._uow, items)
+        if binding.batched:
+            return await self._apply_batched(items)
         outcomes: list[Outcome] = []
         for item in items:
             try:
@@ -312,6 +323,22 @@ class Consumers:
             except Exception as exc:
                 outcomes.append(exc)
         return outcomes
+
+    @staticmethod
+    async def _apply_batched(items: list[Pending]) -> list[Outcome]:
+        outcomes: dict[int, Outcome] = {}
+        by_handler: dict[Handler, list[int]] = {}
+        for n, item in enumerate(items):
+            by_handler.setdefault(item.handler, []).append(n)
+        for handler, numbers in by_handler.items():
+            try:
+                await handler([items[n].event for n in numbers])
+                outcome: Outcome = True
+            except Exception as exc:
+                outcome = exc
+            for n in numbers:
+                outcomes[n] = outcome
+        return [outcomes[n] for n in range(len(items))]
 
     async def _settle(self, binding: _Binding, delivery: _Delivery, outcome: Outcome) -> None:
         msg = delivery.msg

@@ -24,6 +24,7 @@ The script names its keys in its arguments, so it needs a single Redis (not a cl
 
 from __future__ import annotations
 
+from collections import defaultdict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -35,8 +36,17 @@ from redis.asyncio import Redis
 from compgrid_metering.domain.hours import Piece
 
 _APPLY = """
-if not redis.call('SET', KEYS[1], '1', 'NX', 'EX', ARGV[1]) then
-  return 0
+local dup = {}
+for k = 1, #KEYS do
+  if redis.call('EXISTS', KEYS[k]) == 1 then
+    dup[#dup + 1] = k
+  end
+end
+if #dup > 0 then
+  return dup
+end
+for k = 1, #KEYS do
+  redis.call('SET', KEYS[k], '1', 'EX', ARGV[1])
 end
 local i = 2
 while i <= #ARGV do
@@ -68,7 +78,7 @@ while i <= #ARGV do
     i = i + 4
   end
 end
-return 1
+return dup
 """
 
 _FORGET = """
@@ -176,72 +186,93 @@ class Counters:
         """A key of this deployment."""
         return ":".join((self._p + kind, *(str(p) for p in parts)))
 
-    def _ops(self, found: Iterable[Piece], now_ms: int) -> list[str | int]:
-        ops: list[str | int] = []
+    def _ops(self, ticks: Iterable[Tick], now_ms: int) -> list[str | int]:
+        """The increments of several ticks, summed per counter, and what they mark."""
+        sums: dict[tuple[str, str], int] = defaultdict(int)
+        marks: dict[tuple[str, ...], None] = {}
         touched: dict[int, None] = {}
-        for piece in found:
-            hour = epoch(piece.hour)
-            touched[hour] = None
-            values = {
-                "running_us": piece.running_us,
-                "vcpu_us": piece.vcpu_us,
-                "memory_mib_us": piece.memory_mib_us,
-                "cpu_ns": piece.cpu_ns,
-                **{f"gpu_us:{model}": us for model, us in piece.gpu_us.items()},
-            }
-            own = self.key("i", hour, piece.instance_id)
-            for counter in (
-                own,
-                self.key("p", hour, piece.project_id),
-                self.key("b", hour, piece.budget_code_id),
-            ):
-                for name, amount in values.items():
-                    if amount:
-                        ops += ["I", counter, name, amount]
-            ops += ["H", own, "project", str(piece.project_id)]
-            ops += ["H", own, "budget", str(piece.budget_code_id)]
-            ops += ["H", self.key("owner"), f"i:{piece.instance_id}", str(piece.project_id)]
-            ops += ["H", self.key("owner"), f"b:{piece.budget_code_id}", str(piece.project_id)]
-            ops += ["S", self.key("h", hour), str(piece.instance_id)]
-            ops += ["S", self.key("ih", piece.instance_id), hour]
-            ops += ["S", self.key("ph", piece.project_id), hour]
-            ops += ["S", self.key("bh", piece.budget_code_id), hour]
+        activity: dict[UUID, list[Activity]] = defaultdict(list)
+        for tick in ticks:
+            for piece in tick.pieces:
+                hour = epoch(piece.hour)
+                touched[hour] = None
+                own = self.key("i", hour, piece.instance_id)
+                for counter in (
+                    own,
+                    self.key("p", hour, piece.project_id),
+                    self.key("b", hour, piece.budget_code_id),
+                ):
+                    sums[counter, "running_us"] += piece.running_us
+                    sums[counter, "vcpu_us"] += piece.vcpu_us
+                    sums[counter, "memory_mib_us"] += piece.memory_mib_us
+                    sums[counter, "cpu_ns"] += piece.cpu_ns
+                    for model, us in piece.gpu_us.items():
+                        sums[counter, f"gpu_us:{model}"] += us
+                instance, project = str(piece.instance_id), str(piece.project_id)
+                marks["H", own, "project", project] = None
+                marks["H", own, "budget", str(piece.budget_code_id)] = None
+                marks["H", self.key("owner"), f"i:{instance}", project] = None
+                marks["H", self.key("owner"), f"b:{piece.budget_code_id}", project] = None
+                marks["S", self.key("h", hour), instance] = None
+                marks["S", self.key("ih", piece.instance_id), str(hour)] = None
+                marks["S", self.key("ph", piece.project_id), str(hour)] = None
+                marks["S", self.key("bh", piece.budget_code_id), str(hour)] = None
+            for mark in tick.activity:
+                activity[mark.instance_id].append(mark)
+        ops: list[str | int] = []
+        for (counter, name), amount in sums.items():
+            if amount:
+                ops += ["I", counter, name, amount]
+        for mark_ops in marks:
+            ops += mark_ops
         for hour in touched:
             ops += ["Z", self.key("touched"), now_ms, hour]
+        for instance_marks in activity.values():
+            ops += self._idle_ops(instance_marks)
         return ops
 
-    def _idle_ops(self, marks: Iterable[Activity]) -> list[str | int]:
-        ops: list[str | int] = []
+    def _idle_ops(self, marks: list[Activity]) -> list[str | int]:
+        """One instance's activity in a batch: a busy sample ends its idle stretch; the idle
+        samples after the last busy one extend (or begin) one."""
+        busy = [n for n, mark in enumerate(marks) if not mark.idle]
+        first = marks[0]
+        own = self.key("idle", first.instance_id)
         idlers = self.key("idlers")
-        for mark in marks:
-            own = self.key("idle", mark.instance_id)
-            if not mark.idle:  # busy again: the idle stretch ends
-                ops += ["X", own, idlers, str(mark.instance_id)]
-                continue
-            ops += ["N", own, "since_ms", mark.started_ms]
-            ops += ["M", own, "to_ms", mark.ended_ms]
-            ops += ["I", own, "cpu_ns", mark.cpu_ns]
-            ops += ["I", own, "capacity_ns", mark.capacity_ns]
-            ops += ["H", own, "project", str(mark.project_id)]
-            ops += ["S", idlers, str(mark.instance_id)]
+        ops: list[str | int] = []
+        if busy:
+            ops += ["X", own, idlers, str(first.instance_id)]
+        idle = marks[busy[-1] + 1 :] if busy else marks
+        if idle:
+            ops += ["N", own, "since_ms", min(m.started_ms for m in idle)]
+            ops += ["M", own, "to_ms", max(m.ended_ms for m in idle)]
+            ops += ["I", own, "cpu_ns", sum(m.cpu_ns for m in idle)]
+            ops += ["I", own, "capacity_ns", sum(m.capacity_ns for m in idle)]
+            ops += ["H", own, "project", str(first.project_id)]
+            ops += ["S", idlers, str(first.instance_id)]
         return ops
 
     async def apply(self, ticks: list[Tick], now_ms: int) -> list[bool]:
-        """Apply ticks in one round trip; True for each applied now, False for one applied
-        before."""
-        pipe = self.redis.pipeline(transaction=False)
-        for tick in ticks:
-            await self._apply(
-                keys=[self.key("dedup", tick.tick_id)],
-                args=[
-                    self._ttl,
-                    *self._ops(tick.pieces, now_ms),
-                    *self._idle_ops(tick.activity),
-                ],
-                client=pipe,
+        """Apply ticks in one script call: True for each counted now, False for each counted
+        before. The script first looks for ticks already claimed; when there are some, it
+        changes nothing and says which, and the others are applied by a second call."""
+        applied = [True] * len(ticks)
+        first: dict[str, int] = {}
+        for n, tick in enumerate(ticks):  # the same tick twice in one batch: once
+            if first.setdefault(tick.tick_id, n) != n:
+                applied[n] = False
+        pending = [n for n in range(len(ticks)) if applied[n]]
+        while pending:
+            batch = [ticks[n] for n in pending]
+            dups = await self._apply(
+                keys=[self.key("dedup", tick.tick_id) for tick in batch],
+                args=[self._ttl, *self._ops(batch, now_ms)],
             )
-        results = await pipe.execute()
-        return [bool(r) for r in results]
+            if not dups:
+                break
+            for index in dups:
+                applied[pending[int(index) - 1]] = False
+            pending = [n for n in pending if applied[n]]
+        return applied
 
     async def usage(self, kind: str, owner: UUID, hour: datetime) -> Usage:
         """One instance's (``i``), project's (``p``) or budget code's (``b``) usage in an hour."""

@@ -7,7 +7,7 @@ from functools import partial
 from compgrid_events.provisioner import UsageTick
 from compgrid_events.streams import USAGE
 from compgrid_metering.use_cases.deps import Deps
-from compgrid_metering.use_cases.ingest import on_usage_tick
+from compgrid_metering.use_cases.ingest import on_usage_ticks
 from compgrid_runtime.consumers import Consumers, ConsumerSpec
 
 
@@ -24,5 +24,11 @@ def usage_spec(deps: Deps) -> ConsumerSpec:
 
 def register_consumers(consumers: Consumers, deps: Deps) -> None:
     """Bind every handler to its durable consumer."""
-    # Not transactional: a tick's exactly-once claim lives in Redis, with its increments.
-    consumers.add(usage_spec(deps), {UsageTick: partial(on_usage_tick, deps)}, transactional=False)
+    # Not transactional: a tick's exactly-once claim lives in Redis, with its increments; a
+    # fetched batch is summed and applied in one script call.
+    consumers.add(
+        usage_spec(deps),
+        {UsageTick: partial(on_usage_ticks, deps)},
+        transactional=False,
+        batched=True,
+    )
