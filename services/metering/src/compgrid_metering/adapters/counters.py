@@ -189,34 +189,34 @@ class Counters:
     def _ops(self, ticks: Iterable[Tick], now_ms: int) -> list[str | int]:
         """The increments of several ticks, summed per counter, and what they mark."""
         sums: dict[tuple[str, str], int] = defaultdict(int)
-        marks: dict[tuple[str, ...], None] = {}
+        marks: dict[tuple[str | int, ...], None] = {}
         touched: dict[int, None] = {}
         activity: dict[UUID, list[Activity]] = defaultdict(list)
+        p = self._p
+        owner = p + "owner"
         for tick in ticks:
             for piece in tick.pieces:
                 hour = epoch(piece.hour)
                 touched[hour] = None
-                own = self.key("i", hour, piece.instance_id)
-                for counter in (
-                    own,
-                    self.key("p", hour, piece.project_id),
-                    self.key("b", hour, piece.budget_code_id),
-                ):
+                instance = str(piece.instance_id)
+                project = str(piece.project_id)
+                budget = str(piece.budget_code_id)
+                own = f"{p}i:{hour}:{instance}"
+                for counter in (own, f"{p}p:{hour}:{project}", f"{p}b:{hour}:{budget}"):
                     sums[counter, "running_us"] += piece.running_us
                     sums[counter, "vcpu_us"] += piece.vcpu_us
                     sums[counter, "memory_mib_us"] += piece.memory_mib_us
                     sums[counter, "cpu_ns"] += piece.cpu_ns
                     for model, us in piece.gpu_us.items():
                         sums[counter, f"gpu_us:{model}"] += us
-                instance, project = str(piece.instance_id), str(piece.project_id)
                 marks["H", own, "project", project] = None
-                marks["H", own, "budget", str(piece.budget_code_id)] = None
-                marks["H", self.key("owner"), f"i:{instance}", project] = None
-                marks["H", self.key("owner"), f"b:{piece.budget_code_id}", project] = None
-                marks["S", self.key("h", hour), instance] = None
-                marks["S", self.key("ih", piece.instance_id), str(hour)] = None
-                marks["S", self.key("ph", piece.project_id), str(hour)] = None
-                marks["S", self.key("bh", piece.budget_code_id), str(hour)] = None
+                marks["H", own, "budget", budget] = None
+                marks["H", owner, f"i:{instance}", project] = None
+                marks["H", owner, f"b:{budget}", project] = None
+                marks["S", f"{p}h:{hour}", instance] = None
+                marks["S", f"{p}ih:{instance}", hour] = None
+                marks["S", f"{p}ph:{project}", hour] = None
+                marks["S", f"{p}bh:{budget}", hour] = None
             for mark in tick.activity:
                 activity[mark.instance_id].append(mark)
         ops: list[str | int] = []
