@@ -32,6 +32,7 @@ from compgrid_runtime.uow import UnitOfWork
 log = get_logger(__name__)
 
 _LOCK = "compgrid.metering.rollups"
+_IDLE_LOCK = "compgrid.metering.idle"
 MILLION = Decimal(1_000_000)
 
 
@@ -131,18 +132,27 @@ async def roll_up_forever(deps: Deps) -> None:
 
 
 async def report_idle(deps: Deps) -> int:
-    """Publish ``InstanceIdle`` once per idle stretch that lasted ``idle_after_s``."""
-    reported = 0
+    """Publish ``InstanceIdle`` for each idle stretch that lasted ``idle_after_s``: at least
+    once (a crash between publishing and marking it reported repeats it), one process at a
+    time (an advisory lock)."""
     after = timedelta(seconds=deps.settings.idle_after_s)
-    for stretch in await deps.counters.idle():
-        if stretch.reported or stretch.until - stretch.since < after:
-            continue
-        percent = (
-            Decimal(stretch.cpu_ns * 100) / Decimal(stretch.capacity_ns)
-            if stretch.capacity_ns
-            else Decimal(0)
+    async with deps.uow() as uow:
+        got = await uow.session.scalar(
+            text("SELECT pg_try_advisory_xact_lock(hashtext(:k))"), {"k": _IDLE_LOCK}
         )
-        async with deps.uow() as uow:
+        if not got:
+            return 0
+        due = [
+            stretch
+            for stretch in await deps.counters.idle()
+            if not stretch.reported and stretch.until - stretch.since >= after
+        ]
+        for stretch in due:
+            percent = (
+                Decimal(stretch.cpu_ns * 100) / Decimal(stretch.capacity_ns)
+                if stretch.capacity_ns
+                else Decimal(0)
+            )
             uow.emit(
                 InstanceIdle(
                     instance_id=stretch.instance_id,
@@ -151,10 +161,10 @@ async def report_idle(deps: Deps) -> int:
                     cpu_utilisation_percent=round(percent, 3),
                 )
             )
-            await uow.commit()
+        await uow.commit()
+    for stretch in due:
         await deps.counters.mark_reported(stretch.instance_id)
-        reported += 1
-    return reported
+    return len(due)
 
 
 async def check_intact(deps: Deps) -> None:
