@@ -23,6 +23,14 @@ class Settings(ServiceSettings):
         description="how long an applied tick's id is remembered (re-sent ticks come sooner)",
     )
     usage_batch_size: int = Field(default=256, ge=1, le=4096)
+    usage_ack_wait_s: float = Field(
+        default=10.0, gt=0, description="a batch not acknowledged by then goes to another process"
+    )
+    usage_retry_for_s: float = Field(
+        default=6 * 3600.0,
+        gt=0,
+        description="how long a tick is retried while Redis is unreachable before dead-letter",
+    )
     rollup_interval_s: float = Field(default=60.0, gt=0, description="how often hours close")
     rollup_lateness_s: float = Field(
         default=300.0,

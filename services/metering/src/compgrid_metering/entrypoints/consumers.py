@@ -9,6 +9,7 @@ from compgrid_events.streams import USAGE
 from compgrid_metering.use_cases.deps import Deps
 from compgrid_metering.use_cases.ingest import on_usage_ticks
 from compgrid_runtime.consumers import Consumers, ConsumerSpec
+from compgrid_runtime.retry import RetryPolicy
 
 
 def usage_spec(deps: Deps) -> ConsumerSpec:
@@ -19,7 +20,20 @@ def usage_spec(deps: Deps) -> ConsumerSpec:
         "usage.>",
         "usage ticks of every datacenter into the counters",
         batch_size=deps.settings.usage_batch_size,
+        ack_wait_s=deps.settings.usage_ack_wait_s,
+        retry=patient_retry(deps.settings.usage_retry_for_s),
     )
+
+
+def patient_retry(for_s: float, cap_s: float = 30.0) -> RetryPolicy:
+    """Retry long enough to outlast a Redis outage of ``for_s`` seconds (a handler failure
+    here is Redis being away: malformed ticks are dead-lettered before the handler runs)."""
+    policy = RetryPolicy(backoff_base_s=0.5, backoff_cap_s=cap_s)
+    waited, delivery = 0.0, 1
+    while waited < for_s:
+        waited += policy.delay(delivery)
+        delivery += 1
+    return RetryPolicy(max_deliver=delivery, backoff_base_s=0.5, backoff_cap_s=cap_s)
 
 
 def register_consumers(consumers: Consumers, deps: Deps) -> None:
