@@ -5,6 +5,8 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
+from compgrid_events.streams import USAGE, streams_owned_by
+from compgrid_provisioner.bootstrap import owned_streams
 from compgrid_provisioner.config import Settings
 
 _VARIABLES = ("NETWORK", "DATACENTER", "DOMAIN_TYPE", "ENVIRONMENT")
@@ -75,3 +77,12 @@ def test_unknown_domain_type_is_rejected() -> None:
     with pytest.raises(ValidationError) as exc:
         Settings(domain_type="xen")
     assert [error["loc"] for error in exc.value.errors()] == [("domain_type",)]
+
+
+def test_the_usage_stream_keeps_ticks_as_long_as_configured() -> None:
+    streams = {s.name: s for s in owned_streams(Settings(usage_retention_days=30))}
+    assert streams[USAGE.name].max_age_s == 30 * 86_400
+    defaults = {s.name: s for s in streams_owned_by("provisioner")}
+    assert set(streams) == set(defaults)
+    assert all(streams[n] == defaults[n] for n in streams if n != USAGE.name)
+    assert {s.name: s for s in owned_streams(Settings())}[USAGE.name].max_age_s == 400 * 86_400

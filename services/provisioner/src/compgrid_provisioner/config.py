@@ -41,6 +41,11 @@ class Settings(ServiceSettings):
     db_pool_size: int = Field(
         default=40, ge=1, le=200, description="database connections kept by the process"
     )
+    usage_retention_days: float = Field(
+        default=400.0,
+        ge=1,
+        description="how long the USAGE stream keeps ticks (metering rebuilds by replaying it)",
+    )
     command_concurrency: int = Field(
         default=16, ge=1, le=256, description="commands handled at once (different instances)"
     )
