@@ -8,18 +8,17 @@ admins and finance; to anyone else the owner does not exist.
 from __future__ import annotations
 
 from datetime import datetime, timedelta
-from decimal import Decimal
 from uuid import UUID
 
 from sqlalchemy import BigInteger, cast, func, select, true
 
 from compgrid_events.base import utc_now
-from compgrid_events.metering_api import Amounts, HourUsage, UsageOf, UsageQuery, UsageReport
+from compgrid_events.metering_api import HourUsage, UsageOf, UsageQuery, UsageReport
 from compgrid_metering.adapters.counters import Usage
 from compgrid_metering.adapters.tables import rollup
 from compgrid_metering.domain.hours import HOUR, hour_of
 from compgrid_metering.use_cases.deps import Deps
-from compgrid_metering.use_cases.rollups import MILLION
+from compgrid_metering.use_cases.rollups import amounts
 from compgrid_runtime.access import require_project_reader
 from compgrid_runtime.errors import NotFound
 from compgrid_runtime.rpc import Caller
@@ -30,17 +29,6 @@ _COLUMN = {
     UsageOf.PROJECT: rollup.c.project_id,
     UsageOf.BUDGET_CODE: rollup.c.budget_code_id,
 }
-
-
-def amounts(usage: Usage) -> Amounts:
-    """Whole-number counters as exact decimal resource-seconds."""
-    return Amounts(
-        running_seconds=Decimal(usage.running_us) / MILLION,
-        vcpu_seconds=Decimal(usage.vcpu_us) / MILLION,
-        memory_gib_seconds=Decimal(usage.memory_mib_us) / MILLION / 1024,
-        gpu_seconds={m: Decimal(us) / MILLION for m, us in sorted(usage.gpu_us.items())},
-        cpu_time_seconds=Decimal(usage.cpu_ns) / 1_000_000_000,
-    )
 
 
 async def _project(deps: Deps, body: UsageQuery) -> UUID | None:

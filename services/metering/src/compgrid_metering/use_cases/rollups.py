@@ -22,6 +22,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 
 from compgrid_events.base import utc_now
 from compgrid_events.metering import InstanceIdle, UsageRecorded
+from compgrid_events.metering_api import Amounts
 from compgrid_metering.adapters.counters import Usage
 from compgrid_metering.adapters.tables import rollup
 from compgrid_metering.domain.hours import HOUR
@@ -36,6 +37,17 @@ _IDLE_LOCK = "compgrid.metering.idle"
 MILLION = Decimal(1_000_000)
 
 
+def amounts(usage: Usage) -> Amounts:
+    """Whole-number counters as exact decimal resource-seconds."""
+    return Amounts(
+        running_seconds=Decimal(usage.running_us) / MILLION,
+        vcpu_seconds=Decimal(usage.vcpu_us) / MILLION,
+        memory_gib_seconds=Decimal(usage.memory_mib_us) / MILLION / 1024,
+        gpu_seconds={m: Decimal(us) / MILLION for m, us in sorted(usage.gpu_us.items())},
+        cpu_time_seconds=Decimal(usage.cpu_ns) / 1_000_000_000,
+    )
+
+
 def recorded(
     instance_id: UUID, hour: datetime, revision: int, usage: Usage, project: UUID, budget: UUID
 ) -> UsageRecorded:
@@ -46,11 +58,7 @@ def recorded(
         budget_code_id=budget,
         hour_start=hour,
         revision=revision,
-        running_seconds=Decimal(usage.running_us) / MILLION,
-        vcpu_seconds=Decimal(usage.vcpu_us) / MILLION,
-        memory_gib_seconds=Decimal(usage.memory_mib_us) / MILLION / 1024,
-        gpu_seconds={m: Decimal(us) / MILLION for m, us in sorted(usage.gpu_us.items())},
-        cpu_time_seconds=Decimal(usage.cpu_ns) / 1_000_000_000,
+        **amounts(usage).model_dump(),
     )
 
 
