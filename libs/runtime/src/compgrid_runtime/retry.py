@@ -30,3 +30,16 @@ class RetryPolicy:
     def exhausted(self, delivery: int) -> bool:
         """Return True when this delivery was the last one allowed."""
         return delivery >= self.max_deliver
+
+    @classmethod
+    def lasting(
+        cls, seconds: float, *, backoff_base_s: float = 0.5, backoff_cap_s: float = 30.0
+    ) -> RetryPolicy:
+        """A policy that keeps retrying for at least ``seconds`` of backoff (say, to outlast an
+        outage of a server the handler needs) before dead-lettering."""
+        policy = cls(backoff_base_s=backoff_base_s, backoff_cap_s=backoff_cap_s)
+        waited, delivery = 0.0, 1
+        while waited < seconds:
+            waited += policy.delay(delivery)
+            delivery += 1
+        return cls(delivery, backoff_base_s, backoff_cap_s)

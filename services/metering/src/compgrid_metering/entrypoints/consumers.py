@@ -21,19 +21,10 @@ def usage_spec(deps: Deps) -> ConsumerSpec:
         "usage ticks of every datacenter into the counters",
         batch_size=deps.settings.usage_batch_size,
         ack_wait_s=deps.settings.usage_ack_wait_s,
-        retry=patient_retry(deps.settings.usage_retry_for_s),
+        # a handler failure here is Redis being away (malformed ticks are dead-lettered before
+        # the handler runs): retry for as long as it may take to come back
+        retry=RetryPolicy.lasting(deps.settings.usage_retry_for_s),
     )
-
-
-def patient_retry(for_s: float, cap_s: float = 30.0) -> RetryPolicy:
-    """Retry long enough to outlast a Redis outage of ``for_s`` seconds (a handler failure
-    here is Redis being away: malformed ticks are dead-lettered before the handler runs)."""
-    policy = RetryPolicy(backoff_base_s=0.5, backoff_cap_s=cap_s)
-    waited, delivery = 0.0, 1
-    while waited < for_s:
-        waited += policy.delay(delivery)
-        delivery += 1
-    return RetryPolicy(max_deliver=delivery, backoff_base_s=0.5, backoff_cap_s=cap_s)
 
 
 def register_consumers(consumers: Consumers, deps: Deps) -> None:
