@@ -13,6 +13,7 @@ Each run gets a fresh Postgres database and its own Redis key prefix; both are r
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import subprocess
@@ -22,8 +23,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import asyncpg
+import nats
 
+from compgrid_events.streams import ALL_STREAMS
 from compgrid_runtime.embedded import EmbeddedNats, port_answers
+from compgrid_runtime.migrations import upgrade
+from compgrid_runtime.streams import ensure_streams
 
 LOCAL_POSTGRES = "postgresql://postgres@127.0.0.1:5432/postgres"
 LOCAL_REDIS = "redis://127.0.0.1:6379/0"
@@ -130,3 +135,14 @@ def servers(tmp: Path) -> Iterator[tuple[Servers, str, str]]:
             admin,
             name,
         )
+
+
+async def with_service_schema(real: Servers, package: str) -> Servers:
+    """The run's servers with one service's schema migrated and every stream in place."""
+    await asyncio.to_thread(upgrade, package, real.database_url)
+    client = await nats.connect(real.nats_url)
+    try:
+        await ensure_streams(client.jetstream(), ALL_STREAMS)
+    finally:
+        await client.close()
+    return real

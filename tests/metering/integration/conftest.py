@@ -6,7 +6,6 @@ provisioner's outbox relay does, and read the counters back from Redis.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import os
 import uuid
@@ -23,15 +22,12 @@ from redis.asyncio import Redis
 
 from compgrid_events.base import utc_now
 from compgrid_events.provisioner import InstanceUsage, UsageTick
-from compgrid_events.streams import ALL_STREAMS
 from compgrid_metering.adapters.counters import Counters
 from compgrid_metering.bootstrap import build
 from compgrid_metering.config import Settings
 from compgrid_metering.use_cases.deps import Deps
 from compgrid_runtime.app import ServiceApp
-from compgrid_runtime.migrations import upgrade
-from compgrid_runtime.streams import ensure_streams
-from tests.harness.servers import Servers
+from tests.harness.servers import Servers, with_service_schema
 from tests.runtime.integration.waiting import wait_until
 
 
@@ -43,11 +39,7 @@ def tag() -> str:
 @pytest.fixture(scope="session")
 async def metering_schema(real: Servers) -> Servers:
     """The run's database with the metering schema, and every stream in place."""
-    await asyncio.to_thread(upgrade, "compgrid_metering", real.database_url)
-    client = await nats.connect(real.nats_url)
-    await ensure_streams(client.jetstream(), ALL_STREAMS)
-    await client.close()
-    return real
+    return await with_service_schema(real, "compgrid_metering")
 
 
 def metering_settings(real: Servers, prefix: str, **overrides: Any) -> Settings:

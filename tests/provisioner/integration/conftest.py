@@ -8,7 +8,6 @@ node files; real guests run under QEMU (``qemu:///system``, software emulation).
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import os
 import uuid
@@ -36,15 +35,12 @@ from compgrid_events.inventory import (
     Resources,
 )
 from compgrid_events.provisioner import UsageTick
-from compgrid_events.streams import ALL_STREAMS
 from compgrid_provisioner.adapters.simulated import SimulatedHost, write_hosts
 from compgrid_provisioner.bootstrap import build
 from compgrid_provisioner.config import Settings
 from compgrid_provisioner.use_cases.deps import Deps
 from compgrid_runtime.app import ServiceApp
-from compgrid_runtime.migrations import upgrade
-from compgrid_runtime.streams import ensure_streams
-from tests.harness.servers import Servers
+from tests.harness.servers import Servers, with_service_schema
 from tests.harness.streams import StreamWatch
 
 QEMU_URI = "qemu:///system"
@@ -86,11 +82,7 @@ def qemu() -> str:
 @pytest.fixture(scope="session")
 async def provisioner_schema(real: Servers) -> Servers:
     """The run's database with the provisioner's schema, and every stream in place."""
-    await asyncio.to_thread(upgrade, "compgrid_provisioner", real.database_url)
-    client = await nats.connect(real.nats_url)
-    await ensure_streams(client.jetstream(), ALL_STREAMS)
-    await client.close()
-    return real
+    return await with_service_schema(real, "compgrid_provisioner")
 
 
 def worker_settings(real: Servers, datacenter: str, **overrides: Any) -> Settings:
