@@ -6,8 +6,10 @@ import uuid
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from redis.asyncio import Redis
 
 from compgrid_events.provisioner import InstanceUsage
+from compgrid_metering.adapters.counters import Counters, Tick, epoch
 from compgrid_metering.domain.hours import hour_of, micros, pieces
 
 START = datetime(2026, 11, 29, 9, 40, 12, 345678, tzinfo=UTC)
@@ -65,3 +67,20 @@ def test_an_empty_interval_counts_nothing(cpu: int) -> None:
 def test_the_hour_of_a_moment_is_its_utc_hour() -> None:
     assert hour_of(START) == datetime(2026, 11, 29, 9, tzinfo=UTC)
     assert micros(timedelta(days=1, microseconds=3)) == 86_400_000_003
+
+
+def test_the_hot_path_spells_keys_as_key_builds_them() -> None:
+    counters = Counters(Redis(), "P:", 60)
+    [piece] = pieces(usage(START, START + timedelta(seconds=1)))
+    ops = counters._ops([Tick("t", [piece])], now_ms=1)
+    hour = epoch(piece.hour)
+    for key in (
+        counters.key("i", hour, piece.instance_id),
+        counters.key("p", hour, piece.project_id),
+        counters.key("b", hour, piece.budget_code_id),
+        counters.key("h", hour),
+        counters.key("ih", piece.instance_id),
+        counters.key("owner"),
+        counters.key("touched"),
+    ):
+        assert key in ops

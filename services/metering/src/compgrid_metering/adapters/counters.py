@@ -192,6 +192,7 @@ class Counters:
         marks: dict[tuple[str | int, ...], None] = {}
         touched: dict[int, None] = {}
         activity: dict[UUID, list[Activity]] = defaultdict(list)
+        # The hot path: keys are spelled out here exactly as ``key()`` builds them.
         p = self._p
         owner = p + "owner"
         for tick in ticks:
