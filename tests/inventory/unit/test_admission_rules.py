@@ -8,6 +8,7 @@ from decimal import Decimal
 import pytest
 
 from compgrid_events.base import Money
+from compgrid_events.inventory import projected_cost
 from compgrid_events.inventory_api import Rates
 from compgrid_inventory.domain.admission import (
     Budget,
@@ -18,7 +19,6 @@ from compgrid_inventory.domain.admission import (
     approval_needed,
     check_budget,
     check_quota,
-    projected_cost,
 )
 from compgrid_inventory.domain.pricing import hourly_price
 from compgrid_runtime.errors import Invalid

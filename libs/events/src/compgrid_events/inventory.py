@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
+from datetime import datetime, timedelta
 from decimal import Decimal
 from enum import StrEnum
 from typing import Annotated
@@ -17,6 +18,14 @@ from pydantic import Field
 
 from compgrid_events.base import Contract, Currency, Event, RoutingToken, UtcDatetime
 from compgrid_events.streams import INVENTORY, PROVISION
+
+
+def projected_cost(
+    hourly: Decimal, horizon: timedelta, now: datetime, lease_ends_at: datetime | None
+) -> Decimal:
+    """Return the hold for a request: its price over the horizon or until its lease ends."""
+    span = horizon if lease_ends_at is None else max(min(horizon, lease_ends_at - now), timedelta())
+    return (hourly * Decimal(span.total_seconds()) / Decimal(3600)).quantize(Decimal("0.000001"))
 
 
 class InstanceState(StrEnum):
@@ -87,6 +96,12 @@ class InstanceRequested(_InstanceEvent):
     hourly_price: Decimal
     currency: Currency
     lease_ends_at: UtcDatetime | None = None
+    price_tier_id: UUID | None = Field(
+        default=None, description="the tier whose effective rates price the instance's usage"
+    )
+    held_amount: Decimal | None = Field(
+        default=None, ge=0, description="the admission hold placed on the budget code"
+    )
 
 
 class ApprovalRequested(_InstanceEvent):

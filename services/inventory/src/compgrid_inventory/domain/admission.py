@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import date, datetime, timedelta
+from datetime import date
 from decimal import Decimal
 
 from compgrid_events.base import Money
@@ -118,14 +118,6 @@ def check_budget(budget: Budget, today: date, cost: Money) -> None:
             f" after holds; this request needs {cost.amount:.2f} over the admission horizon",
             code="budget_insufficient",
         )
-
-
-def projected_cost(
-    hourly: Decimal, horizon: timedelta, now: datetime, lease_ends_at: datetime | None
-) -> Decimal:
-    """Return the hold for a request: its price over the horizon or until its lease ends."""
-    span = horizon if lease_ends_at is None else max(min(horizon, lease_ends_at - now), timedelta())
-    return (hourly * Decimal(span.total_seconds()) / Decimal(3600)).quantize(Decimal("0.000001"))
 
 
 @dataclass(frozen=True, slots=True)

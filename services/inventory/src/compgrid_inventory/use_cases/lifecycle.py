@@ -8,9 +8,10 @@ Admission (quota, budget, placement) also lives here because a request and an ap
 from __future__ import annotations
 
 from datetime import datetime, timedelta
+from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import delete, func, update
+from sqlalchemy import delete, func, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 
 from compgrid_events.base import Money, utc_now
@@ -22,6 +23,7 @@ from compgrid_events.inventory import (
     InstanceState,
     InstanceStateChanged,
     InstanceStopRequested,
+    projected_cost,
 )
 from compgrid_inventory.adapters import claims
 from compgrid_inventory.adapters.repository import (
@@ -31,7 +33,7 @@ from compgrid_inventory.adapters.repository import (
     resources,
     unconfirmed_holds,
 )
-from compgrid_inventory.adapters.tables import datacenter, hold, image, instance
+from compgrid_inventory.adapters.tables import datacenter, hold, image, instance, instance_type
 from compgrid_inventory.domain.admission import (
     Budget,
     Limits,
@@ -39,7 +41,6 @@ from compgrid_inventory.domain.admission import (
     Size,
     check_budget,
     check_quota,
-    projected_cost,
 )
 from compgrid_inventory.domain.lifecycle import LIVE
 from compgrid_inventory.domain.placement import Constraints, Demand, NoPlacement, Strategy
@@ -128,9 +129,9 @@ def demand_of(row: Any) -> Demand:
 
 async def check_and_hold(
     deps: Deps, uow: UnitOfWork, row: Any, now: datetime, code: Any | None = None
-) -> None:
+) -> Decimal:
     """Check the budget code (``code``: its row, when the caller has just read it) can pay for
-    the projected cost, and hold that amount."""
+    the projected cost, hold that amount and return it."""
     if code is None:
         code = await get_budget(uow.session, row.budget_code_id, row.project_id)
     horizon = timedelta(hours=deps.settings.admission_horizon_hours)
@@ -153,6 +154,7 @@ async def check_and_hold(
             set_={"budget_code_id": held.excluded.budget_code_id, "amount": held.excluded.amount},
         )
     )
+    return cost
 
 
 async def admit(
@@ -179,7 +181,7 @@ async def admit(
         if quota != Limits():  # a project without any limit has nothing to count
             used = await project_usage(uow.session, row.project_id, excluding=row.id)
             check_quota(used, quota, size_of(row))
-        await check_and_hold(deps, uow, row, now, code)
+        held = await check_and_hold(deps, uow, row, now, code)
     except Refused as refused:
         return await transition(
             uow, row, S.REJECTED, reason_code=refused.code, reason=refused.message
@@ -200,6 +202,12 @@ async def admit(
             hourly_price=row.hourly_price,
             currency=row.currency,
             lease_ends_at=row.lease_ends_at,
+            price_tier_id=await uow.session.scalar(
+                select(instance_type.c.price_tier_id).where(
+                    instance_type.c.id == row.instance_type_id
+                )
+            ),
+            held_amount=held,
         )
     )
     return await schedule(uow, row, picture=picture, placement=placement)
