@@ -7,9 +7,10 @@ set -euo pipefail
 sudo=""
 [ "$(id -u)" -eq 0 ] || sudo="sudo"
 
-# pkg-config and libvirt-dev build libvirt-python; the rest is a local hypervisor.
+# pkg-config and libvirt-dev build libvirt-python; then a local hypervisor; DejaVu is the
+# Unicode font of invoice PDFs.
 packages=(pkg-config libvirt-dev libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients
-    qemu-system-x86 qemu-utils)
+    qemu-system-x86 qemu-utils fonts-dejavu-core)
 missing=()
 for p in "${packages[@]}"; do
     dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")

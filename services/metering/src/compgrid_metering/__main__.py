@@ -16,6 +16,7 @@ from compgrid_metering.bootstrap import bootstrap, build
 from compgrid_metering.config import Settings
 from compgrid_metering.use_cases.rebuild import rebuild
 from compgrid_runtime.app import nats_options, run_service
+from compgrid_runtime.cli import moment
 
 
 async def _rebuild(since: datetime) -> None:
@@ -30,19 +31,12 @@ async def _rebuild(since: datetime) -> None:
         await app.engine.dispose()
 
 
-def _moment(text: str) -> datetime:
-    moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
-    if moment.tzinfo is None:
-        raise argparse.ArgumentTypeError("give a time zone, e.g. 2026-11-28T00:00:00Z")
-    return moment
-
-
 def main(argv: list[str] | None = None) -> None:
     """Run until SIGTERM or SIGINT, or run one command."""
     parser = argparse.ArgumentParser(prog="compgrid-metering")
     commands = parser.add_subparsers(dest="command")
     again = commands.add_parser("rebuild", help="replay the usage stream into the counters")
-    again.add_argument("--since", type=_moment, required=True, help="ISO time with zone")
+    again.add_argument("--since", type=moment, required=True, help="ISO time with zone")
     args = parser.parse_args(argv)
     if args.command == "rebuild":
         asyncio.run(_rebuild(args.since))

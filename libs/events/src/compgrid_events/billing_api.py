@@ -1,0 +1,362 @@
+"""Request and reply bodies of the billing service's operations (``rpc.billing.*``)."""
+
+from __future__ import annotations
+
+from datetime import date
+from decimal import Decimal
+from enum import StrEnum
+from uuid import UUID
+
+from pydantic import Field, model_validator
+
+from compgrid_events.base import Contract, Money, UtcDatetime
+from compgrid_events.billing import BudgetState
+
+INVOICE_ISSUED = "invoice.issued"
+WEBHOOK_EVENT_TYPES = (INVOICE_ISSUED,)
+
+
+class CostsOf(StrEnum):
+    """Whose costs a query asks for."""
+
+    INSTANCE = "instance"
+    PROJECT = "project"
+    BUDGET_CODE = "budget_code"
+
+
+class _Window(Contract):
+    since: UtcDatetime
+    until: UtcDatetime
+
+    @model_validator(mode="after")
+    def _window(self) -> _Window:
+        if self.until <= self.since:
+            raise ValueError("until must be after since")
+        if (self.until - self.since).days > 400:
+            raise ValueError("at most 400 days at once")
+        return self
+
+
+class CostsQuery(_Window):
+    """Charges of one instance, project or budget code for hours in ``[since, until)``, in
+    total, per resource and per day (UTC days, for charts)."""
+
+    of: CostsOf
+    id: UUID
+
+
+class ResourceCost(Contract):
+    """Quantity and amount of one resource (``model``: the GPU model, else empty)."""
+
+    resource: str
+    model: str = ""
+    unit: str
+    quantity: Decimal
+    amount: Decimal
+
+
+class DayCost(Contract):
+    """What one UTC day cost."""
+
+    day: date
+    amount: Decimal
+
+
+class CostsReport(Contract):
+    """Unrounded sums of the ledger (invoices round per line)."""
+
+    of: CostsOf
+    id: UUID
+    project_id: UUID
+    since: UtcDatetime
+    until: UtcDatetime
+    currency: str | None
+    total: Decimal
+    resources: list[ResourceCost]
+    days: list[DayCost]
+
+
+class BudgetsQuery(Contract):
+    """Budget codes of one project, or (admins and finance) of every project."""
+
+    project_id: UUID | None = None
+
+
+class BudgetRef(Contract):
+    """One budget code."""
+
+    budget_code_id: UUID
+
+
+class BudgetPublic(Contract):
+    """A budget code's money: funding, charges, holds, what is left and when it runs out."""
+
+    budget_code_id: UUID
+    project_id: UUID
+    code: str
+    name: str
+    state: BudgetState | None
+    funding: Money
+    charged: Money
+    held: Money
+    available: Money
+    spent_percent: Decimal
+    burn_per_day: Money
+    runs_out_on: date | None
+    valid_from: date
+    valid_to: date
+    thresholds_percent: list[Decimal]
+    thresholds_crossed: list[Decimal]
+
+
+class BudgetList(Contract):
+    """Budget codes, by project and code."""
+
+    budgets: list[BudgetPublic]
+
+
+class InvoicesQuery(Contract):
+    """Invoices of one project (or every project, for admins and finance), newest first."""
+
+    project_id: UUID | None = None
+    budget_code_id: UUID | None = None
+    limit: int = Field(default=100, ge=1, le=1000)
+
+
+class InvoiceRef(Contract):
+    """One invoice."""
+
+    invoice_id: UUID
+
+
+class InvoiceLinePublic(Contract):
+    """One line: an instance's use of one resource in the period, or a correction."""
+
+    position: int
+    kind: str
+    instance_id: UUID
+    instance_name: str
+    resource: str
+    model: str
+    quantity: Decimal
+    unit: str
+    rate: Decimal | None
+    amount: Decimal
+
+
+class InvoiceSummary(Contract):
+    """An invoice without its lines."""
+
+    invoice_id: UUID
+    number: str
+    project_id: UUID
+    project_name: str
+    budget_code_id: UUID
+    budget_code: str
+    period_start: UtcDatetime
+    period_end: UtcDatetime
+    currency: str
+    subtotal: Decimal
+    adjustments: Decimal
+    total: Decimal
+    issued_at: UtcDatetime
+
+
+class InvoiceDetail(InvoiceSummary):
+    """An invoice with its lines."""
+
+    lines: list[InvoiceLinePublic]
+
+
+class InvoiceList(Contract):
+    """Invoices, newest first."""
+
+    invoices: list[InvoiceSummary]
+
+
+class Document(Contract):
+    """A rendered file: ``content`` is base64 for PDFs, text for CSVs."""
+
+    filename: str
+    media_type: str
+    content: str
+    encoding: str = Field(pattern=r"^(base64|utf-8)$")
+
+
+class PeriodQuery(Contract):
+    """A billing period ``[period_start, period_end)``."""
+
+    period_start: UtcDatetime
+    period_end: UtcDatetime
+
+
+class StartRun(PeriodQuery):
+    """Invoice a closed period (admins)."""
+
+
+class RunPublic(Contract):
+    """A billing run and what it issued."""
+
+    run_id: UUID
+    period_start: UtcDatetime
+    period_end: UtcDatetime
+    state: str
+    started_by: str
+    invoices: int
+    issued_now: int = Field(description="invoices this request issued (0 when run before)")
+    started_at: UtcDatetime
+    finished_at: UtcDatetime | None
+
+
+class RunList(Contract):
+    """Billing runs, newest period first."""
+
+    runs: list[RunPublic]
+
+
+class DeliveriesQuery(Contract):
+    """Deliveries of one invoice, or (admins and finance) every delivery in a state."""
+
+    invoice_id: UUID | None = None
+    state: str | None = Field(default=None, pattern=r"^(pending|delivered|failed)$")
+    limit: int = Field(default=200, ge=1, le=2000)
+
+
+class AttemptPublic(Contract):
+    """One attempt at a delivery."""
+
+    attempt: int
+    at: UtcDatetime
+    delivered: bool
+    status: int | None
+    detail: str
+    duration_ms: int
+
+
+class DeliveryPublic(Contract):
+    """One invoice to one recipient over one channel, with every attempt."""
+
+    delivery_id: UUID
+    invoice_id: UUID
+    invoice_number: str
+    channel: str
+    recipient: str
+    message_id: str
+    state: str
+    attempts: list[AttemptPublic]
+    next_attempt_at: UtcDatetime | None
+    give_up_at: UtcDatetime
+    last_detail: str
+    requested_by: str
+    created_at: UtcDatetime
+    finished_at: UtcDatetime | None
+
+
+class DeliveryList(Contract):
+    """Deliveries, newest first."""
+
+    deliveries: list[DeliveryPublic]
+
+
+class Resend(Contract):
+    """Send an invoice again: to its usual recipients, or only by one channel, or to one
+    address or endpoint."""
+
+    invoice_id: UUID
+    channel: str | None = Field(default=None, pattern=r"^(email|webhook)$")
+    email: str | None = Field(default=None, max_length=320, pattern=r"^[^@\s]+@[^@\s]+$")
+    webhook_id: UUID | None = None
+
+
+class CreateWebhook(Contract):
+    """An endpoint for one project's invoices, or (admins) every project's."""
+
+    project_id: UUID | None = None
+    url: str = Field(min_length=1, max_length=2000)
+    event_types: list[str] = Field(default_factory=lambda: [INVOICE_ISSUED], min_length=1)
+
+
+class WebhookRef(Contract):
+    """One endpoint."""
+
+    webhook_id: UUID
+
+
+class WebhooksQuery(Contract):
+    """Endpoints of one project, or (admins) the global ones and every project's."""
+
+    project_id: UUID | None = None
+
+
+class WebhookPublic(Contract):
+    """An endpoint; ``secret`` only in the reply that created it."""
+
+    webhook_id: UUID
+    project_id: UUID | None
+    url: str
+    event_types: list[str]
+    created_at: UtcDatetime
+    disabled_at: UtcDatetime | None
+    secret: str | None = None
+
+
+class WebhookList(Contract):
+    """Endpoints, oldest first."""
+
+    webhooks: list[WebhookPublic]
+
+
+class ProjectRef(Contract):
+    """One project."""
+
+    project_id: UUID
+
+
+class SetContacts(Contract):
+    """Who besides the PI receives a project's invoices (replaces the list)."""
+
+    project_id: UUID
+    emails: list[str] = Field(default_factory=list, max_length=20)
+
+    @model_validator(mode="after")
+    def _addresses(self) -> SetContacts:
+        for email in self.emails:
+            local, at, domain = email.partition("@")
+            if not at or not local or "." not in domain or any(c.isspace() for c in email):
+                raise ValueError(f"{email!r} is not an email address")
+            if len(email) > 320:
+                raise ValueError("an email address has at most 320 characters")
+        return self
+
+
+class Contacts(Contract):
+    """Where a project's invoices go by email."""
+
+    project_id: UUID
+    pi_email: str | None
+    emails: list[str]
+
+
+class ParkedQuery(Contract):
+    """Usage waiting to be priced (admins and finance)."""
+
+    limit: int = Field(default=200, ge=1, le=5000)
+
+
+class ParkedHour(Contract):
+    """One instance-hour that could not be priced yet, and why."""
+
+    instance_id: UUID
+    hour_start: UtcDatetime
+    project_id: UUID
+    budget_code_id: UUID
+    revision: int
+    received_at: UtcDatetime
+    reason_code: str
+    reason: str
+
+
+class ParkedList(Contract):
+    """Parked usage, oldest first."""
+
+    hours: list[ParkedHour]
