@@ -146,15 +146,10 @@ async def ours(deps: Any) -> dict[str, float]:
     """Rate every row, recompute the budget codes, invoice the month; times per stage."""
     started = time.perf_counter()
     async with deps.uow() as uow:
-        rated = await rating.rate_all(uow)
+        await rating.rate_all(uow)
         await uow.commit()
     rated_at = time.perf_counter()
-    codes = rated.budget_codes
-    for first in range(0, len(codes), 1000):
-        async with deps.uow() as uow:
-            await rating.lock_ledger(uow)
-            await budgets.refresh(uow, deps.settings, codes[first : first + 1000], now=END)
-            await uow.commit()
+    await budgets.refresh_all(deps, now=END)
     refreshed_at = time.perf_counter()
     await invoicing.run_period(deps, START, END, "benchmark")
     done = time.perf_counter()

@@ -25,6 +25,12 @@ class Settings(ServiceSettings):
     rating_interval_s: float = Field(
         default=60.0, gt=0, description="how often parked usage is tried again"
     )
+    budget_refresh_s: float = Field(
+        default=900.0,
+        gt=0,
+        description="how often every budget code is recomputed even without new charges "
+        "(forecasts age, validity dates pass)",
+    )
     forecast_window_days: int = Field(
         default=7, ge=1, le=90, description="the burn rate is what was spent over these days"
     )

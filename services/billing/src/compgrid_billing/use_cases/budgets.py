@@ -15,9 +15,10 @@ from decimal import Decimal
 from typing import Any
 from uuid import UUID
 
-from sqlalchemy import func, select, update
+from sqlalchemy import bindparam, func, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 
+from compgrid_billing.adapters.locks import lock_ledger
 from compgrid_billing.adapters.tables import budget, budget_notice, charge, instance
 from compgrid_billing.config import Settings
 from compgrid_billing.domain.budgets import BudgetView, crossed, runs_out_on, state_of
@@ -33,6 +34,8 @@ from compgrid_events.billing import (
 from compgrid_runtime.uow import UnitOfWork
 
 EXACT = Decimal("0.000001")
+
+
 """Published amounts carry six decimals, as the inventory stores them."""
 
 
@@ -103,6 +106,7 @@ async def refresh(
     window = settings.forecast_window_days
     burns = await burn_of(uow, found, now - timedelta(days=window))
     changed = 0
+    updates: list[dict[str, Any]] = []
     for row in rows:
         held, held_ids = holds.get(row.id, (Decimal(0), []))
         view = view_of(row, held)
@@ -143,18 +147,24 @@ async def refresh(
                     funding=_money(view.funding, row.currency),
                 )
             )
-        await uow.session.execute(
-            update(budget)
-            .where(budget.c.id == row.id)
-            .values(
-                state=state.value,
-                available=available,
-                runs_out_on=runs_out,
-                held_ids=held_json,
-                status_version=version,
-            )
+        updates.append(
+            {
+                "b_id": row.id,
+                "state": state.value,
+                "available": available,
+                "runs_out_on": runs_out,
+                "held_ids": held_json,
+                "status_version": version,
+            }
         )
         changed += 1
+    if updates:
+        await uow.session.execute(
+            update(budget)
+            .where(budget.c.id == bindparam("b_id"))
+            .values({k: bindparam(k) for k in updates[0] if k != "b_id"}),
+            updates,
+        )
     return changed
 
 
@@ -188,3 +198,17 @@ async def _notice_thresholds(
                 runs_out_on=runs_out,
             )
         )
+
+
+async def refresh_all(deps: Any, now: datetime | None = None, chunk: int = 1000) -> int:
+    """Recompute every budget code (forecasts age and dates pass without any new charge);
+    return how many changed."""
+    async with deps.uow() as uow:
+        ids = list(await uow.session.scalars(select(budget.c.id).order_by(budget.c.id)))
+    changed = 0
+    for first in range(0, len(ids), chunk):
+        async with deps.uow() as uow:
+            await lock_ledger(uow)
+            changed += await refresh(uow, deps.settings, ids[first : first + chunk], now)
+            await uow.commit()
+    return changed

@@ -129,7 +129,15 @@ def payload(doc: InvoiceDocument, at: datetime) -> bytes:
     return json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode()
 
 
-def invoice_mail(doc: InvoiceDocument, to: str, issuer: str) -> Mail:
+def attachments(doc: InvoiceDocument, issuer: str) -> tuple[Attachment, ...]:
+    """The invoice's PDF and CSV (the PDF takes a while: call it off the event loop)."""
+    return (
+        Attachment(f"{doc.number}.pdf", render_pdf(doc, issuer=issuer), "application/pdf"),
+        Attachment(f"{doc.number}.csv", render_csv(doc), "text/csv"),
+    )
+
+
+def invoice_mail(doc: InvoiceDocument, to: str, issuer: str, files: tuple[Attachment, ...]) -> Mail:
     """The invoice as a mail with its PDF and CSV attached."""
     last_day = (doc.period_end - timedelta(seconds=1)).date()
     text_body = (
@@ -147,14 +155,13 @@ def invoice_mail(doc: InvoiceDocument, to: str, issuer: str) -> Mail:
         to=(to,),
         subject=f"{issuer} invoice {doc.number}: {doc.project_name} ({doc.budget_code})",
         text=text_body,
-        attachments=(
-            Attachment(f"{doc.number}.pdf", render_pdf(doc, issuer=issuer), "application/pdf"),
-            Attachment(f"{doc.number}.csv", render_csv(doc), "text/csv"),
-        ),
+        attachments=files,
     )
 
 
-async def _send_mail(deps: Deps, doc: InvoiceDocument, to: str) -> Outcome:
+async def _send_mail(
+    deps: Deps, doc: InvoiceDocument, to: str, files: tuple[Attachment, ...]
+) -> Outcome:
     started = time.monotonic()
 
     def done(delivered: bool, detail: str, retryable: bool, status: int | None = None) -> Outcome:
@@ -162,7 +169,7 @@ async def _send_mail(deps: Deps, doc: InvoiceDocument, to: str) -> Outcome:
         return Outcome(delivered, status, detail[:500], retryable, elapsed)
 
     try:
-        await deps.mailer.send(invoice_mail(doc, to, deps.settings.issuer_name))
+        await deps.mailer.send(invoice_mail(doc, to, deps.settings.issuer_name, files))
     except aiosmtplib.SMTPRecipientsRefused as exc:
         codes = [r.code for r in exc.recipients]
         code = codes[0] if codes else None
@@ -228,10 +235,19 @@ async def deliver_due(deps: Deps, now: datetime | None = None) -> int:
             )
         }
 
+    # Documents are rendered once per invoice, in a thread: a PDF takes long enough to stall
+    # the event loop (and time out the webhooks sent alongside).
+    files = {
+        invoice_id: await asyncio.to_thread(
+            attachments, docs[invoice_id], deps.settings.issuer_name
+        )
+        for invoice_id in {r.invoice_id for r in rows if r.channel == "email"}
+    }
+
     async def attempt(row: Any) -> tuple[Any, Outcome]:
         doc = docs[row.invoice_id]
         if row.channel == "email":
-            return row, await _send_mail(deps, doc, row.recipient)
+            return row, await _send_mail(deps, doc, row.recipient, files[row.invoice_id])
         secret = secrets.get(row.webhook_id)
         if secret is None:
             return row, Outcome(False, None, "the endpoint was deleted", False, 0)
@@ -289,14 +305,18 @@ async def _record(deps: Deps, uow: Any, row: Any, outcome: Outcome) -> None:
 
 
 async def deliver_forever(deps: Deps) -> None:
-    """Send due deliveries every ``delivery_interval_s`` until cancelled."""
-    while True:
-        try:
-            while await deliver_due(deps) >= deps.settings.delivery_batch:
-                pass  # a full batch: more may be due
-        except Exception as exc:  # tried again next time
-            log.warning("delivery round failed", error=repr(exc))
-        await asyncio.sleep(deps.settings.delivery_interval_s)
+    """Send due deliveries every ``delivery_interval_s`` until cancelled (then close the
+    webhook sender's connections)."""
+    try:
+        while True:
+            try:
+                while await deliver_due(deps) >= deps.settings.delivery_batch:
+                    pass  # a full batch: more may be due
+            except Exception as exc:  # tried again next time
+                log.warning("delivery round failed", error=repr(exc))
+            await asyncio.sleep(deps.settings.delivery_interval_s)
+    finally:
+        await deps.webhooks.aclose()
 
 
 async def pending_count(deps: Deps) -> int:

@@ -14,6 +14,7 @@ from typing import Any
 from sqlalchemy import select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 
+from compgrid_billing.adapters.locks import lock_ledger
 from compgrid_billing.adapters.tables import account, budget, instance, price_rate, project, usage
 from compgrid_billing.use_cases import budgets, rating
 from compgrid_billing.use_cases.deps import Deps
@@ -77,7 +78,7 @@ async def on_budget_code(
 ) -> None:
     """Keep a code's funding, dates, thresholds and status (newer versions win), then rate
     what waited for it and recompute it."""
-    await rating.lock_ledger(uow)
+    await lock_ledger(uow)
     values = {
         "project_id": event.project_id,
         "code": event.code,
@@ -108,7 +109,7 @@ async def on_budget_code(
 
 async def on_instance_requested(deps: Deps, event: InstanceRequested, uow: UnitOfWork) -> None:
     """Know what prices the instance, and hold its projected cost on its budget code."""
-    await rating.lock_ledger(uow)
+    await lock_ledger(uow)
     hold = event.held_amount
     if hold is None:
         horizon = timedelta(hours=deps.settings.admission_horizon_hours)
@@ -170,19 +171,19 @@ async def _holds_follow(deps: Deps, uow: UnitOfWork, event: Any, state: Instance
 
 async def on_instance_state(deps: Deps, event: InstanceStateChanged, uow: UnitOfWork) -> None:
     """Follow an instance's lifecycle for its hold."""
-    await rating.lock_ledger(uow)
+    await lock_ledger(uow)
     await _holds_follow(deps, uow, event, event.state)
 
 
 async def on_instance_rejected(deps: Deps, event: InstanceRejected, uow: UnitOfWork) -> None:
     """A rejected instance holds nothing."""
-    await rating.lock_ledger(uow)
+    await lock_ledger(uow)
     await _holds_follow(deps, uow, event, InstanceState.REJECTED)
 
 
 async def on_price_tier(deps: Deps, event: PriceTierChanged, uow: UnitOfWork) -> None:
     """Keep a tier's rates from their date on, and re-rate every hour they now price."""
-    await rating.lock_ledger(uow)
+    await lock_ledger(uow)
     values = {
         "tier_name": event.name,
         "currency": event.currency,
@@ -237,7 +238,7 @@ async def on_usage(deps: Deps, events: list[UsageRecorded]) -> None:
         for e in newest.values()
     ]
     async with deps.uow() as uow:
-        await rating.lock_ledger(uow)
+        await lock_ledger(uow)
         statement = pg_insert(usage).values(rows)
         stored = await uow.session.execute(
             statement.on_conflict_do_update(

@@ -27,6 +27,7 @@ from uuid import UUID, uuid5
 from sqlalchemy import func, insert, select, text, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 
+from compgrid_billing.adapters.locks import lock_ledger
 from compgrid_billing.adapters.tables import (
     account,
     billing_run,
@@ -123,7 +124,7 @@ async def run_period(
     issued = 0
     while True:
         async with deps.uow() as uow:
-            await rating.lock_ledger(uow)
+            await lock_ledger(uow)
             run = (
                 await uow.session.execute(
                     select(billing_run)
@@ -158,17 +159,18 @@ async def run_period(
 
 
 _PENDING = """
-SELECT c.project_id, c.budget_code_id
-FROM billing.charge c
-WHERE c.hour_start < :end AND c.id <= :watermark
-  AND NOT EXISTS (
-    SELECT 1 FROM billing.invoice i WHERE i.budget_code_id = c.budget_code_id
-    AND c.hour_start < i.period_end AND c.id <= i.watermark)
-  AND NOT EXISTS (
+SELECT b.project_id, b.id AS budget_code_id
+FROM billing.budget b
+WHERE NOT EXISTS (
     SELECT 1 FROM billing.invoice i WHERE i.run_id = :run
-    AND i.project_id = c.project_id AND i.budget_code_id = c.budget_code_id)
-GROUP BY c.project_id, c.budget_code_id
-ORDER BY c.project_id, c.budget_code_id
+    AND i.project_id = b.project_id AND i.budget_code_id = b.id)
+  AND EXISTS (
+    SELECT 1 FROM billing.charge c
+    WHERE c.budget_code_id = b.id AND c.hour_start < :end AND c.id <= :watermark
+      AND NOT EXISTS (
+        SELECT 1 FROM billing.invoice i WHERE i.budget_code_id = c.budget_code_id
+        AND c.hour_start < i.period_end AND c.id <= i.watermark))
+ORDER BY b.project_id, b.id
 LIMIT :limit
 """
 

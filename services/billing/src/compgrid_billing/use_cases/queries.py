@@ -58,23 +58,27 @@ def sees_everything(principal: Principal) -> bool:
     return principal.has_role("admin", "finance")
 
 
-def require_pi_or(principal: Principal, project_id: UUID | None, *roles: str) -> None:
-    """Refuse unless the caller holds one of ``roles`` or is the project's PI (outsiders are
-    told the project does not exist)."""
+def require_pi_or(
+    principal: Principal, project_id: UUID | None, *roles: str, missing: str = "no such project"
+) -> None:
+    """Refuse unless the caller holds one of ``roles`` or is the project's PI. Outsiders are
+    told ``missing``, what an id that does not exist gets, so they learn nothing."""
     if principal.has_role(*roles):
         return
     if project_id is None:
         raise Forbidden(f"only {' and '.join(roles)} may do this for every project")
     role = principal.project_role(project_id)
     if role is None:
-        raise NotFound("no such project")
+        raise NotFound(missing)
     if role != "pi":
         raise Forbidden(f"only the project's PI and {' and '.join(roles)} may do this")
 
 
-def require_money_reader(principal: Principal, project_id: UUID | None) -> None:
+def require_money_reader(
+    principal: Principal, project_id: UUID | None, missing: str = "no such project"
+) -> None:
     """Refuse unless the caller is admin, finance or the project's PI."""
-    require_pi_or(principal, project_id, "admin", "finance")
+    require_pi_or(principal, project_id, "admin", "finance", missing=missing)
 
 
 # Costs -----------------------------------------------------------------------------------
@@ -99,8 +103,12 @@ async def _owner(session: Any, body: api.CostsQuery) -> UUID:
     )
     found = await session.scalar(select(table.c.project_id).where(key == body.id))
     if found is None:
-        raise NotFound(f"no such {body.of.value.replace('_', ' ')}", field="id")
+        raise NotFound(_missing(body), field="id")
     return UUID(str(found))
+
+
+def _missing(body: api.CostsQuery) -> str:
+    return f"no such {body.of.value.replace('_', ' ')}"
 
 
 async def costs(deps: Deps, caller: Caller, body: api.CostsQuery) -> api.CostsReport:
@@ -108,7 +116,7 @@ async def costs(deps: Deps, caller: Caller, body: api.CostsQuery) -> api.CostsRe
     principal = caller.require()
     async with deps.uow() as uow:
         project_id = await _owner(uow.session, body)
-        require_money_reader(principal, project_id)
+        require_money_reader(principal, project_id, _missing(body))
         where = (
             _COLUMN[body.of] == body.id,
             charge.c.hour_start >= body.since,
@@ -241,7 +249,7 @@ async def get_budget(deps: Deps, caller: Caller, body: api.BudgetRef) -> api.Bud
     found = await _budget_list(deps, budget.c.id == body.budget_code_id)
     if not found:
         raise NotFound("no such budget code", field="budget_code_id")
-    require_money_reader(principal, found[0].project_id)
+    require_money_reader(principal, found[0].project_id, "no such budget code")
     return found[0]
 
 
@@ -258,9 +266,10 @@ async def list_invoices(deps: Deps, caller: Caller, body: api.InvoicesQuery) -> 
             owner = await uow.session.scalar(
                 select(budget.c.project_id).where(budget.c.id == body.budget_code_id)
             )
-            if owner is None:
+            if owner is None or project_id not in (None, owner):
                 raise NotFound("no such budget code", field="budget_code_id")
-            project_id = project_id or owner
+            require_money_reader(principal, owner, "no such budget code")
+            project_id = owner
             query = query.where(invoice.c.budget_code_id == body.budget_code_id)
         require_money_reader(principal, project_id)
         if project_id is not None:
@@ -273,7 +282,7 @@ async def _readable_invoice(deps: Deps, caller: Caller, invoice_id: UUID) -> Any
     principal = caller.require()
     async with deps.uow() as uow:
         doc = await load_document(uow.session, invoice_id)
-    require_money_reader(principal, doc.project_id)
+    require_money_reader(principal, doc.project_id, "no such invoice")
     return doc
 
 
@@ -286,7 +295,7 @@ async def get_invoice(deps: Deps, caller: Caller, body: api.InvoiceRef) -> api.I
         ).first()
         if row is None:
             raise NotFound("no such invoice", field="invoice_id")
-        require_money_reader(principal, row.project_id)
+        require_money_reader(principal, row.project_id, "no such invoice")
         lines = (
             await uow.session.execute(
                 select(invoice_line)
@@ -411,7 +420,7 @@ async def list_deliveries(
             )
             if owner is None:
                 raise NotFound("no such invoice", field="invoice_id")
-            require_money_reader(principal, owner)
+            require_money_reader(principal, owner, "no such invoice")
             query = query.where(delivery.c.invoice_id == body.invoice_id)
         else:
             require_role(principal, "finance")

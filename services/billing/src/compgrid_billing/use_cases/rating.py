@@ -16,9 +16,7 @@ the instance (its ``InstanceRequested``), its budget code, rates of its tier at 
 budget code valid on that day, a rate for each of its GPU models, or a tier in the budget
 code's currency. :func:`parked` says which, and :func:`rate_parked` retries them.
 
-Every rating transaction holds the ledger lock, as invoicing does: entries are numbered in the
-order they commit, which an invoice's watermark relies on, and two processes never rate the
-same hour at once.
+Every rating transaction holds the ledger lock (``adapters.locks``), as invoicing does.
 """
 
 from __future__ import annotations
@@ -32,13 +30,15 @@ from uuid import UUID
 
 from sqlalchemy import text
 
+from compgrid_billing.adapters.locks import lock_ledger
 from compgrid_billing.domain.money import HOURS_PER_MONTH
+from compgrid_billing.use_cases import budgets
 from compgrid_runtime.logs import get_logger
 from compgrid_runtime.uow import UnitOfWork
 
 log = get_logger(__name__)
 
-LEDGER_LOCK = "compgrid.billing.ledger"
+WORK_MEM = "256MB"
 
 
 _TARGET = f"""
@@ -176,15 +176,10 @@ class Rated:
         return sum(self.entries.values())
 
 
-async def lock_ledger(uow: UnitOfWork) -> None:
-    """Wait for the ledger lock (held until the transaction ends)."""
-    await uow.session.execute(
-        text("SELECT pg_advisory_xact_lock(hashtext(:k))"), {"k": LEDGER_LOCK}
-    )
-
-
 async def _rate(uow: UnitOfWork, scope: str, params: dict[str, Any]) -> Rated:
     await lock_ledger(uow)
+    # the priced hours are kept for the statement's several steps: in memory, not in temp files
+    await uow.session.execute(text(f"SET LOCAL work_mem = '{WORK_MEM}'"))
     rows = await uow.session.execute(text(_RATE.format(scope=scope)), params)
     return Rated({row.id: int(row.entries) for row in rows})
 
@@ -271,11 +266,15 @@ async def parked(uow: UnitOfWork, limit: int = 1000) -> list[Any]:
 
 
 async def rate_parked_forever(deps: Any) -> None:
-    """Every ``rating_interval_s``: price what waited, and say what still waits."""
-    from compgrid_billing.use_cases import budgets
-
+    """Every ``rating_interval_s``: price what waited, and say what still waits; every
+    ``budget_refresh_s``: recompute every budget code."""
+    loop = asyncio.get_running_loop()
+    refreshed = loop.time()
     while True:
         try:
+            if loop.time() - refreshed >= deps.settings.budget_refresh_s:
+                refreshed = loop.time()
+                await budgets.refresh_all(deps)
             async with deps.uow() as uow:
                 rated = await rate_parked(uow)
                 await budgets.refresh(uow, deps.settings, rated.budget_codes)
