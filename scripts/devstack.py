@@ -296,6 +296,30 @@ def supervise(stack: Stack) -> int:
     return 0
 
 
+def start_mail(stack: Stack) -> None:
+    """Point every service at a mail server: ``COMPGRID_SMTP_HOST`` when given, otherwise a
+    local one that keeps each message (invoices with their PDF and CSV) as a file."""
+    if os.environ.get("COMPGRID_SMTP_HOST"):
+        say("mail: COMPGRID_SMTP_HOST")
+        return
+    port = free_port()
+    box = stack.state / "mail"
+    box.mkdir(parents=True, exist_ok=True)
+    handler = ("-c", "aiosmtpd.handlers.Mailbox", str(box))
+    server = subprocess.Popen(
+        [sys.executable, "-m", "aiosmtpd", "-n", "-l", f"127.0.0.1:{port}", *handler]
+    )
+
+    def stop() -> None:
+        server.terminate()
+        server.wait(timeout=10)
+
+    stack.cleanups.append(stop)
+    os.environ["COMPGRID_SMTP_HOST"] = "127.0.0.1"
+    os.environ["COMPGRID_SMTP_PORT"] = str(port)
+    say(f"mail: local server on port {port}, messages kept in {box}/new")
+
+
 def main() -> int:
     """Start the platform; return the exit code."""
     parser = argparse.ArgumentParser(prog="just dev", description=__doc__.split("\n\n")[0])
@@ -316,6 +340,7 @@ def main() -> int:
     code = 1
     try:
         nats_url, passwords = start_nats(stack)
+        start_mail(stack)
         urls = {
             "nats_url": nats_url,
             "database_url": start_postgres(stack, embedded=args.embedded),

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from functools import partial
 
-from compgrid_billing.use_cases import events
+from compgrid_billing.use_cases import events, notices
 from compgrid_billing.use_cases.deps import Deps
 from compgrid_events.auth import (
     BudgetCodeCreated,
@@ -12,6 +12,7 @@ from compgrid_events.auth import (
     ProjectCreated,
     UserRegistered,
 )
+from compgrid_events.billing import BudgetExhausted, BudgetThresholdCrossed
 from compgrid_events.inventory import (
     InstanceRejected,
     InstanceRequested,
@@ -19,7 +20,7 @@ from compgrid_events.inventory import (
     PriceTierChanged,
 )
 from compgrid_events.metering import UsageRecorded
-from compgrid_events.streams import AUTH, INVENTORY, METERING
+from compgrid_events.streams import AUTH, BILLING, INVENTORY, METERING
 from compgrid_runtime.consumers import Consumers, ConsumerSpec
 from compgrid_runtime.retry import RetryPolicy
 
@@ -29,6 +30,14 @@ INSTANCES = ConsumerSpec(
     INVENTORY,
     "inventory.>",
     "instances and their holds, and price tiers",
+)
+
+
+NOTICES = ConsumerSpec(
+    "notices",
+    BILLING,
+    "billing.budget.>",
+    "billing's own threshold and exhaustion events, mailed to the PI and billing contacts",
 )
 
 
@@ -63,6 +72,13 @@ def register_consumers(consumers: Consumers, deps: Deps) -> None:
             InstanceStateChanged: partial(events.on_instance_state, deps),
             InstanceRejected: partial(events.on_instance_rejected, deps),
             PriceTierChanged: partial(events.on_price_tier, deps),
+        },
+    )
+    consumers.add(
+        NOTICES,
+        {
+            BudgetThresholdCrossed: partial(notices.on_threshold, deps),
+            BudgetExhausted: partial(notices.on_exhausted, deps),
         },
     )
     # Not transactional through the inbox: storing a newer revision and rating are idempotent,
