@@ -10,6 +10,7 @@ import sys
 
 import asyncpg
 import httpx
+import nats
 import pytest
 from alembic.script import ScriptDirectory
 
@@ -19,7 +20,13 @@ from compgrid_runtime.uow import UnitOfWork
 from tests.harness.servers import Servers
 from tests.runtime.integration.conftest import ROOT, Sample
 from tests.runtime.integration.waiting import wait_until
-from tests.runtime.sample_app import NoteAdded, add_note, counting_handler, note_consumer
+from tests.runtime.sample_app import (
+    NoteAdded,
+    add_note,
+    counting_handler,
+    note_consumer,
+    stream_for,
+)
 
 pytestmark = [pytest.mark.postgres, pytest.mark.nats]
 
@@ -144,7 +151,19 @@ async def test_process_exits_on_sigterm_even_when_nats_is_gone(sample: Sample, t
     sample.env["COMPGRID_SAMPLE_NATS_URL"] = private.url
     consumer = sample.spawn("consume")
     try:
-        await asyncio.sleep(2.0)  # connected and pulling
+        # connected and pulling: its durable consumer exists (the start takes seconds under load)
+        watcher = await nats.connect(private.url)
+
+        async def pulling() -> bool:
+            try:
+                found = await watcher.jetstream().consumers_info(stream_for(sample.run).name)
+            except Exception:
+                return False
+            return len(found) > 0
+
+        await wait_until(pulling, 60, "the consumer is pulling")
+        await watcher.close()
+        await asyncio.sleep(0.5)
         private.stop(kill=True)
         await asyncio.sleep(1.0)
         consumer.send_signal(signal.SIGTERM)
@@ -158,7 +177,9 @@ async def test_process_exits_on_sigterm_while_still_starting(sample: Sample) -> 
     sample.env["COMPGRID_SAMPLE_NATS_URL"] = f"nats://127.0.0.1:{free_port()}"
     consumer = sample.spawn("consume")
     try:
-        await asyncio.sleep(3.0)
+        # long enough for the imports and the signal handlers even on a loaded machine; the
+        # connection is still being retried then (there is no NATS)
+        await asyncio.sleep(8.0)
         assert consumer.poll() is None, "the process must still be trying to start"
         consumer.send_signal(signal.SIGTERM)
         assert await asyncio.to_thread(consumer.wait, 30) == 0

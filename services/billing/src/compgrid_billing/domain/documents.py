@@ -82,7 +82,7 @@ EXPORT_CSV_COLUMNS = (
 )
 """Header row of :func:`export_csv`."""
 
-CORRECTIONS_TITLE = "Corrections of earlier periods"
+CORRECTIONS_TITLE = "Earlier periods: corrections and late usage"
 
 _FAMILY = "InvoiceSans"
 _CORE_FAMILY = "Helvetica"

@@ -69,7 +69,7 @@ class InvoiceLine:
         what = f"{self.model} GPU" if self.resource is Resource.GPU else self.resource.value
         text = f"{self.instance_name}: {what}"
         return (
-            f"{text} (correction of an earlier period)"
+            f"{text} (earlier period)"
             if self.kind is LineKind.ADJUSTMENT
             else text
         )
