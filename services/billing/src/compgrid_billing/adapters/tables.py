@@ -12,6 +12,7 @@ from sqlalchemy import (
     Index,
     Integer,
     Numeric,
+    PrimaryKeyConstraint,
     String,
     Table,
     Text,
@@ -166,7 +167,7 @@ parked = Table(
 charge = Table(
     "charge",
     metadata,
-    Column("id", BigInteger, Identity(), primary_key=True),
+    Column("id", BigInteger, Identity(), nullable=False),
     Column("instance_id", Uuid, nullable=False),
     Column("hour_start", DateTime(timezone=True), nullable=False),
     Column("project_id", Uuid, nullable=False),
@@ -186,7 +187,8 @@ charge = Table(
     _map("gpu_scaled"),
     Column("total_scaled", Numeric, nullable=False),
     _at("rated_at"),
-    Index("ix_charge_instance_hour", "instance_id", "hour_start"),
+    # one index finds an instance-hour's entries and keeps entries unique
+    PrimaryKeyConstraint("instance_id", "hour_start", "id", name="pk_charge"),
     Index("ix_charge_budget_hour", "budget_code_id", "hour_start"),
 )
 

@@ -68,11 +68,7 @@ class InvoiceLine:
         """What the line is, for people."""
         what = f"{self.model} GPU" if self.resource is Resource.GPU else self.resource.value
         text = f"{self.instance_name}: {what}"
-        return (
-            f"{text} (earlier period)"
-            if self.kind is LineKind.ADJUSTMENT
-            else text
-        )
+        return f"{text} (earlier period)" if self.kind is LineKind.ADJUSTMENT else text
 
 
 @dataclass(frozen=True)

@@ -180,6 +180,8 @@ async def _rate(uow: UnitOfWork, scope: str, params: dict[str, Any]) -> Rated:
     await lock_ledger(uow)
     # the priced hours are kept for the statement's several steps: in memory, not in temp files
     await uow.session.execute(text(f"SET LOCAL work_mem = '{WORK_MEM}'"))
+    # compiling these large statements (JIT) takes seconds and saves less than that
+    await uow.session.execute(text("SET LOCAL jit = off"))
     rows = await uow.session.execute(text(_RATE.format(scope=scope)), params)
     return Rated({row.id: int(row.entries) for row in rows})
 
@@ -222,10 +224,18 @@ async def rate_parked(uow: UnitOfWork) -> Rated:
     return await _rate(uow, PARKED, {})
 
 
+BULK_ENTRIES = 100_000
+"""A rating that wrote this many entries refreshes the ledger's planner statistics."""
+
+
 async def rate_all(uow: UnitOfWork) -> Rated:
     """Rate every instance-hour there is (after a restore, or stored in bulk): what agrees
-    with the ledger writes nothing."""
-    return await _rate(uow, "TRUE", {})
+    with the ledger writes nothing. Many new entries refresh the planner's statistics of the
+    ledger at once, so invoicing right after does not plan for an empty table."""
+    rated = await _rate(uow, "TRUE", {})
+    if rated.total >= BULK_ENTRIES:
+        await uow.session.execute(text("ANALYZE billing.charge"))
+    return rated
 
 
 _PARKED = """

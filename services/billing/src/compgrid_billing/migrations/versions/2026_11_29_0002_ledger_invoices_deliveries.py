@@ -150,11 +150,10 @@ def upgrade() -> None:
     sa.Column('gpu_scaled', postgresql.JSONB(astext_type=sa.Text()), server_default=sa.text("'{}'::jsonb"), nullable=False),
     sa.Column('total_scaled', sa.Numeric(), nullable=False),
     sa.Column('rated_at', sa.DateTime(timezone=True), server_default=sa.text('now()'), nullable=False),
-    sa.PrimaryKeyConstraint('id', name=op.f('pk_charge')),
+    sa.PrimaryKeyConstraint('instance_id', 'hour_start', 'id', name=op.f('pk_charge')),
     schema='billing'
     )
     op.create_index('ix_charge_budget_hour', 'charge', ['budget_code_id', 'hour_start'], unique=False, schema='billing')
-    op.create_index('ix_charge_instance_hour', 'charge', ['instance_id', 'hour_start'], unique=False, schema='billing')
     op.create_table('instance',
     sa.Column('id', sa.Uuid(), nullable=False),
     sa.Column('project_id', sa.Uuid(), nullable=False),
@@ -342,7 +341,6 @@ def downgrade() -> None:
     op.drop_table('invoice_counter', schema='billing')
     op.drop_index(op.f('ix_instance_budget_code_id'), table_name='instance', schema='billing')
     op.drop_table('instance', schema='billing')
-    op.drop_index('ix_charge_instance_hour', table_name='charge', schema='billing')
     op.drop_index('ix_charge_budget_hour', table_name='charge', schema='billing')
     op.drop_table('charge', schema='billing')
     op.drop_table('budget_notice', schema='billing')
