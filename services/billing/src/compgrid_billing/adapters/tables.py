@@ -95,13 +95,13 @@ budget = Table(
     Column("status_version", Integer, nullable=False, server_default="0"),
 )
 
-# Each soft threshold crossed, once per funding period (the code's validity): a crossing is
-# announced at most once.
+# The soft thresholds a code's spending has reached and that were announced: a crossing is
+# announced once; a threshold the spending falls below again (funding was raised) is armed
+# again.
 budget_notice = Table(
     "budget_notice",
     metadata,
     Column("budget_code_id", Uuid, primary_key=True),
-    Column("period_from", Date, primary_key=True),
     Column("threshold_percent", Numeric, primary_key=True),
     _at("noticed_at"),
 )

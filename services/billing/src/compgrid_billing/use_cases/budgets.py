@@ -15,7 +15,7 @@ from decimal import Decimal
 from typing import Any
 from uuid import UUID
 
-from sqlalchemy import bindparam, func, select, update
+from sqlalchemy import bindparam, delete, func, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 
 from compgrid_billing.adapters.locks import lock_ledger
@@ -171,18 +171,20 @@ async def refresh(
 async def _notice_thresholds(
     uow: UnitOfWork, row: Any, view: BudgetView, runs_out: date | None
 ) -> None:
-    """Announce each soft threshold reached for the first time in this funding period."""
+    """Announce each soft threshold the spending has newly reached; arm again those it has
+    fallen below (the funding was raised)."""
     reached = crossed(view, (Decimal(str(t)) for t in row.thresholds))
+    await uow.session.execute(
+        delete(budget_notice).where(
+            budget_notice.c.budget_code_id == row.id,
+            budget_notice.c.threshold_percent.not_in(reached),
+        )
+    )
     if not reached:
         return
     statement = (
         pg_insert(budget_notice)
-        .values(
-            [
-                {"budget_code_id": row.id, "period_from": row.valid_from, "threshold_percent": t}
-                for t in reached
-            ]
-        )
+        .values([{"budget_code_id": row.id, "threshold_percent": t} for t in reached])
         .on_conflict_do_nothing()
         .returning(budget_notice.c.threshold_percent)
     )

@@ -201,9 +201,7 @@ async def _budget_list(deps: Deps, where: Any) -> list[api.BudgetPublic]:
             for n in await uow.session.execute(
                 select(budget_notice).where(budget_notice.c.budget_code_id.in_(ids))
             ):
-                row_from = next(r.valid_from for r in rows if r.id == n.budget_code_id)
-                if n.period_from == row_from:
-                    notices[n.budget_code_id].append(Decimal(n.threshold_percent))
+                notices[n.budget_code_id].append(Decimal(n.threshold_percent))
     result = []
     for row in rows:
         held = holds.get(row.id, (Decimal(0), []))[0]

@@ -123,10 +123,9 @@ def upgrade() -> None:
     op.create_index(op.f('ix_budget_project_id'), 'budget', ['project_id'], unique=False, schema='billing')
     op.create_table('budget_notice',
     sa.Column('budget_code_id', sa.Uuid(), nullable=False),
-    sa.Column('period_from', sa.Date(), nullable=False),
     sa.Column('threshold_percent', sa.Numeric(), nullable=False),
     sa.Column('noticed_at', sa.DateTime(timezone=True), server_default=sa.text('now()'), nullable=False),
-    sa.PrimaryKeyConstraint('budget_code_id', 'period_from', 'threshold_percent', name=op.f('pk_budget_notice')),
+    sa.PrimaryKeyConstraint('budget_code_id', 'threshold_percent', name=op.f('pk_budget_notice')),
     schema='billing'
     )
     op.create_table('charge',
