@@ -37,6 +37,17 @@ def quantity_of(resource: Resource, seconds: Decimal) -> Decimal:
     return (Decimal(seconds) / per_unit).quantize(QUANTITY)
 
 
+def addresses(*found: str | None) -> list[str]:
+    """Email addresses in the order given, each once (compared without case), blanks left out."""
+    seen: set[str] = set()
+    result = []
+    for address in found:
+        if address and address.lower() not in seen:
+            seen.add(address.lower())
+            result.append(address)
+    return result
+
+
 class LineKind(StrEnum):
     """A line of the invoiced period, or a correction of an earlier one."""
 

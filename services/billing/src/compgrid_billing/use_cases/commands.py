@@ -11,6 +11,7 @@ from sqlalchemy import select, update
 
 from compgrid_billing.adapters.tables import account, invoice, project, webhook
 from compgrid_billing.adapters.webhooks import new_secret, validate_url
+from compgrid_billing.domain.invoice import addresses
 from compgrid_billing.use_cases import invoicing
 from compgrid_billing.use_cases.deps import Deps
 from compgrid_billing.use_cases.queries import (
@@ -213,10 +214,7 @@ async def set_contacts(deps: Deps, caller: Caller, body: api.SetContacts) -> api
     """Set who besides the PI receives the project's invoices (its PI, finance, admins)."""
     principal = caller.require()
     require_money_reader(principal, body.project_id)
-    emails: list[str] = []
-    for email in body.emails:
-        if email.lower() not in {e.lower() for e in emails}:
-            emails.append(email)
+    emails = addresses(*body.emails)
     async with deps.uow() as uow:
         changed = await uow.session.execute(
             update(project)

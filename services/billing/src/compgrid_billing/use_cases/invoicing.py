@@ -41,7 +41,7 @@ from compgrid_billing.adapters.tables import (
     project,
     webhook,
 )
-from compgrid_billing.domain.invoice import UNITS, LineKind, Resource, quantity_of
+from compgrid_billing.domain.invoice import UNITS, LineKind, Resource, addresses, quantity_of
 from compgrid_billing.domain.money import round_money, unscale
 from compgrid_billing.use_cases import rating
 from compgrid_billing.use_cases.deps import Deps
@@ -486,12 +486,8 @@ async def plan_deliveries(
     for inv in invoices:
         if channel in (None, "email"):
             pi_email, extra = contacts.get(inv["project_id"], (None, []))
-            addresses = [email] if email else [pi_email, *extra]
-            seen: set[str] = set()
-            for address in addresses:
-                if address and address.lower() not in seen:
-                    seen.add(address.lower())
-                    add(inv, "email", address, None)
+            for address in addresses(*([email] if email else [pi_email, *extra])):
+                add(inv, "email", address, None)
         if channel in (None, "webhook") and email is None:
             for hook in hooks:
                 if hook.project_id not in (None, inv["project_id"]):

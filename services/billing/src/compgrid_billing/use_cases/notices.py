@@ -14,6 +14,7 @@ from uuid import UUID
 from sqlalchemy import select
 
 from compgrid_billing.adapters.tables import account, budget, project
+from compgrid_billing.domain.invoice import addresses
 from compgrid_billing.use_cases.deps import Deps
 from compgrid_events.auth import HardLimitBehaviour
 from compgrid_events.billing import BudgetExhausted, BudgetThresholdCrossed
@@ -49,13 +50,7 @@ async def _audience(uow: UnitOfWork, budget_code_id: UUID) -> tuple[Any, list[st
     ).first()
     if row is None:
         return None
-    seen: set[str] = set()
-    to = []
-    for address in [row.email, *row.billing_contacts]:
-        if address and address.lower() not in seen:
-            seen.add(address.lower())
-            to.append(address)
-    return row, to
+    return row, addresses(row.email, *row.billing_contacts)
 
 
 async def _send(deps: Deps, uow: UnitOfWork, budget_code_id: UUID, subject: str, text: str) -> None:
