@@ -269,17 +269,22 @@ class World:
         )
         return instance_id
 
-    async def state(self, tenant: Tenant, instance_id: UUID, state: InstanceState) -> None:
-        """The inventory's next lifecycle state of an instance."""
+    async def state(
+        self,
+        tenant: Tenant,
+        instance_id: UUID,
+        state: InstanceState,
+        at: datetime | None = None,
+    ) -> None:
+        """The inventory's next lifecycle state of an instance (``at``: when it happened)."""
         self._versions[instance_id] += 1
-        await self.publish(
-            InstanceStateChanged(
-                instance_id=instance_id,
-                version=self._versions[instance_id],
-                project_id=tenant.project_id,
-                state=state,
-            )
+        event = InstanceStateChanged(
+            instance_id=instance_id,
+            version=self._versions[instance_id],
+            project_id=tenant.project_id,
+            state=state,
         )
+        await self.publish(event.model_copy(update={"occurred_at": at}) if at else event)
 
     async def usage(
         self,

@@ -25,6 +25,12 @@ class Settings(ServiceSettings):
     rating_interval_s: float = Field(
         default=60.0, gt=0, description="how often parked usage is tried again"
     )
+    storage_accrual_after_s: float = Field(
+        default=900.0,
+        ge=0,
+        description="an hour a stopped instance's disk existed in is charged this long after it "
+        "ended (metering's hours of running instances come first)",
+    )
     budget_refresh_s: float = Field(
         default=900.0,
         gt=0,

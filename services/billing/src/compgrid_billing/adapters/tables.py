@@ -127,6 +127,10 @@ instance = Table(
     Column("hold_amount", Numeric, nullable=False, server_default="0"),
     Column("charged_at_hold_scaled", Numeric, nullable=False, server_default="0"),
     Column("hold_active", Boolean, nullable=False, server_default="false"),
+    # The disk: from the first start until deletion; stopped hours are accrued up to here.
+    Column("disk_since", DateTime(timezone=True), nullable=True),
+    Column("disk_until", DateTime(timezone=True), nullable=True),
+    Column("storage_accrued_until", DateTime(timezone=True), nullable=True),
 )
 
 # Each instance's usage in each hour: the newest rollup revision metering published.

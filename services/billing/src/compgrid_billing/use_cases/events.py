@@ -7,7 +7,7 @@ such transactions lock in one order (ledger, then budget rows) and never deadloc
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
@@ -150,6 +150,11 @@ async def _holds_follow(deps: Deps, uow: UnitOfWork, event: Any, state: Instance
     if row is None:
         log.info("state of an instance billing does not know", instance=str(event.instance_id))
         return
+    disk = _disk_life(row, state, event.occurred_at)
+    if disk:
+        await uow.session.execute(update(instance).where(instance.c.id == row.id).values(**disk))
+        rated = await rating.rate_instance(uow, row.id)  # storage follows the disk's life
+        await budgets.refresh(uow, deps.settings, rated.budget_codes)
     if row.version >= event.version:
         return  # older news
     values: dict[str, Any] = {"state": state.value, "version": event.version}
@@ -167,6 +172,16 @@ async def _holds_follow(deps: Deps, uow: UnitOfWork, event: Any, state: Instance
     await uow.session.execute(update(instance).where(instance.c.id == row.id).values(**values))
     if values.get("hold_active") != row.hold_active and "hold_active" in values:
         await budgets.refresh(uow, deps.settings, [row.budget_code_id])
+
+
+def _disk_life(row: Any, state: InstanceState, at: datetime) -> dict[str, datetime]:
+    """What a state says about the disk: it exists from the first start (the earliest report,
+    whatever the order they come in) until deletion."""
+    if state is InstanceState.RUNNING and (row.disk_since is None or at < row.disk_since):
+        return {"disk_since": at}
+    if state is InstanceState.DELETED and row.disk_until is None:
+        return {"disk_until": at}
+    return {}
 
 
 async def on_instance_state(deps: Deps, event: InstanceStateChanged, uow: UnitOfWork) -> None:

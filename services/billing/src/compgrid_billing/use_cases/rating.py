@@ -10,6 +10,10 @@ charge is written when the hour has no entry, and the difference is written as a
 updated in place. What the entries add is added to the instance's and the budget code's
 running ``charged`` in the same statement.
 
+Storage is charged for every second the instance's disk exists in the hour — from its first
+start until its deletion, running or stopped (hours stopped throughout get a usage row of their
+own from ``storage.accrue``); before billing knows the disk's life, for the seconds it ran.
+
 Usage that cannot be priced is parked (listed in ``billing.parked``), not lost, until what it
 lacks arrives:
 the instance (its ``InstanceRequested``), its budget code, rates of its tier at that hour, a
@@ -50,7 +54,7 @@ rates AS (
   FROM billing.price_rate
 ),
 scoped AS (
-  SELECT u.*, i.price_tier_id, i.disk_gib
+  SELECT u.*, i.price_tier_id, i.disk_gib, i.disk_since, i.disk_until
   FROM billing.usage u LEFT JOIN billing.instance i ON i.id = u.instance_id
   WHERE {{scope}}
 ),
@@ -60,6 +64,9 @@ priced AS (
          s.vcpu_s, s.memory_gib_s, s.gpu_s, r.vcpu_hour, r.memory_gib_hour,
          r.storage_gib_month, r.gpu_hour,
          CASE WHEN s.storage_gib_s > 0 THEN s.storage_gib_s
+              WHEN s.disk_since IS NOT NULL THEN s.disk_gib * greatest(0, extract(epoch FROM
+                least(s.hour_start + interval '1 hour', coalesce(s.disk_until, 'infinity'))
+                - greatest(s.hour_start, s.disk_since)))
               ELSE s.disk_gib * s.running_s END AS storage_gib_s
   FROM scoped s
   JOIN billing.budget b ON b.id = s.budget_code_id
@@ -205,6 +212,11 @@ async def rate_tier_since(uow: UnitOfWork, tier_id: UUID, since: datetime) -> Ra
     )
 
 
+async def rate_instance(uow: UnitOfWork, instance_id: UUID) -> Rated:
+    """Rate every hour of one instance again (its disk's life became known or changed)."""
+    return await _rate(uow, "u.instance_id = :i", {"i": instance_id})
+
+
 async def rate_instances(uow: UnitOfWork, instance_ids: Sequence[UUID]) -> Rated:
     """Rate what an instance's usage waited for (it was not known yet)."""
     return await _rate(
@@ -276,12 +288,17 @@ async def parked(uow: UnitOfWork, limit: int = 1000) -> list[Any]:
 
 
 async def rate_parked_forever(deps: Any) -> None:
-    """Every ``rating_interval_s``: price what waited, and say what still waits; every
-    ``budget_refresh_s``: recompute every budget code."""
+    """Every ``rating_interval_s``: charge stopped disks, price what waited, and say what still
+    waits; every ``budget_refresh_s``: recompute every budget code."""
+    from compgrid_billing.use_cases import storage  # it rates with this module
+
     loop = asyncio.get_running_loop()
     refreshed = loop.time()
     while True:
         try:
+            added = await storage.accrue(deps)
+            if added:
+                log.info("stopped disks charged", hours=added)
             if loop.time() - refreshed >= deps.settings.budget_refresh_s:
                 refreshed = loop.time()
                 await budgets.refresh_all(deps)

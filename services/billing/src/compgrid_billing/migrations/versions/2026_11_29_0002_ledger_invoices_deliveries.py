@@ -170,6 +170,9 @@ def upgrade() -> None:
     sa.Column('hold_amount', sa.Numeric(), server_default='0', nullable=False),
     sa.Column('charged_at_hold_scaled', sa.Numeric(), server_default='0', nullable=False),
     sa.Column('hold_active', sa.Boolean(), server_default='false', nullable=False),
+    sa.Column('disk_since', sa.DateTime(timezone=True), nullable=True),
+    sa.Column('disk_until', sa.DateTime(timezone=True), nullable=True),
+    sa.Column('storage_accrued_until', sa.DateTime(timezone=True), nullable=True),
     sa.PrimaryKeyConstraint('id', name=op.f('pk_instance')),
     schema='billing'
     )

@@ -1,0 +1,102 @@
+"""Disks cost money while they exist: running hours from metering, stopped hours accrued."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from decimal import ROUND_HALF_UP, Decimal
+
+from compgrid_billing.use_cases.invoicing import run_period
+from compgrid_billing.use_cases.storage import accrue
+from compgrid_events.inventory import InstanceState
+from tests.billing.integration.conftest import (
+    Rates,
+    World,
+    hour,
+    past_day,
+    query,
+    running_billing,
+    wait_for_rows,
+)
+from tests.harness.servers import Servers
+from tests.runtime.integration.waiting import wait_until
+
+MONTH_S = Decimal(730 * 3600)
+LEDGER = (
+    "SELECT hour_start, sum(storage_gib_s) AS gib_s, sum(vcpu_s) AS vcpu_s FROM billing.charge"
+    " WHERE instance_id = :i GROUP BY hour_start ORDER BY hour_start"
+)
+
+
+async def test_a_stopped_disk_is_charged_until_it_is_deleted(
+    world: World, clean_billing: Servers
+) -> None:
+    day = past_day(20)
+    rates = Rates(vcpu=Decimal("0.04"), memory=Decimal(0), storage=Decimal("0.10"))
+    async with running_billing(clean_billing) as (_, deps):
+        tenant = await world.tenant(rates=rates)
+        vm = await world.instance(tenant, disk_gib=100)
+        # started at 10:30, ran until 12:00, stopped until its deletion at 15:15
+        await world.state(
+            tenant, vm, InstanceState.RUNNING, at=hour(day, 10) + timedelta(minutes=30)
+        )
+        await world.usage(tenant, vm, hour(day, 10), seconds=Decimal(1800))
+        await world.usage(tenant, vm, hour(day, 11))
+        await world.state(tenant, vm, InstanceState.STOPPED, at=hour(day, 12))
+        await world.state(
+            tenant, vm, InstanceState.DELETED, at=hour(day, 15) + timedelta(minutes=15)
+        )
+
+        async def disk_known() -> bool:
+            rows = await query(
+                clean_billing, "SELECT disk_until FROM billing.instance WHERE id = :i", i=vm
+            )
+            return bool(rows) and rows[0].disk_until is not None
+
+        await wait_until(disk_known, 20, "billing knows the disk's life")
+        assert await accrue(deps) == 4  # 12:00, 13:00, 14:00, 15:00
+        assert await accrue(deps) == 0  # nothing new the second time
+        rows = await wait_for_rows(clean_billing, LEDGER, 6, i=vm)
+        result = await run_period(deps, hour(day), hour(day + timedelta(days=1)), "test")
+        assert result.issued_now == 1
+    by_hour = {r.hour_start.hour: r for r in rows}
+    assert sorted(by_hour) == [10, 11, 12, 13, 14, 15]
+    assert by_hour[10].gib_s == 100 * 1800  # from the start at 10:30
+    assert all(by_hour[h].gib_s == 100 * 3600 for h in (11, 12, 13, 14))
+    assert by_hour[15].gib_s == 100 * 900  # until the deletion at 15:15
+    assert by_hour[13].vcpu_s == 0
+    assert by_hour[11].vcpu_s == 2 * 3600
+    seconds = Decimal(1800 + 4 * 3600 + 900)
+    storage = (100 * seconds * Decimal("0.10") / MONTH_S).quantize(Decimal("0.01"), ROUND_HALF_UP)
+    vcpu = (Decimal(2 * 5400) * Decimal("0.04") / 3600).quantize(Decimal("0.01"), ROUND_HALF_UP)
+    invoice = (await query(clean_billing, "SELECT total FROM billing.invoice"))[0]
+    assert invoice.total == storage + vcpu
+
+
+async def test_late_metering_replaces_an_accrued_hour_without_charging_twice(
+    world: World, clean_billing: Servers
+) -> None:
+    day = past_day(21)
+    rates = Rates(vcpu=Decimal("0.04"), memory=Decimal(0), storage=Decimal("0.10"))
+    async with running_billing(clean_billing) as (_, deps):
+        tenant = await world.tenant(rates=rates)
+        vm = await world.instance(tenant, disk_gib=50)
+        await world.state(tenant, vm, InstanceState.RUNNING, at=hour(day, 8))
+
+        async def disk_known() -> bool:
+            rows = await query(
+                clean_billing, "SELECT disk_since FROM billing.instance WHERE id = :i", i=vm
+            )
+            return bool(rows) and rows[0].disk_since is not None
+
+        await wait_until(disk_known, 20, "billing knows the disk")
+        await accrue(deps, now=hour(day, 10) + timedelta(hours=1))  # 08:00 and 09:00, no usage
+        await wait_for_rows(clean_billing, LEDGER, 2, i=vm)
+        await world.usage(tenant, vm, hour(day, 9))  # metering's hour comes late
+        await wait_for_rows(
+            clean_billing, "SELECT id FROM billing.charge WHERE instance_id = :i", 3, i=vm
+        )
+        rows = await query(clean_billing, LEDGER, i=vm)
+    by_hour = {r.hour_start.hour: r for r in rows}
+    assert by_hour[9].gib_s == 50 * 3600  # the disk once, not twice
+    assert by_hour[9].vcpu_s == 2 * 3600  # and the running hour's vCPU added
+    assert by_hour[8].gib_s == 50 * 3600
