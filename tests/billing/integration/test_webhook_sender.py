@@ -23,6 +23,7 @@ from starlette.routing import Route
 from compgrid_billing.adapters.webhooks import (
     SNIPPET_CHARS,
     WebhookSender,
+    internal,
     new_secret,
     sign,
     validate_url,
@@ -258,6 +259,39 @@ async def test_a_closed_port_is_reported(sender: WebhookSender) -> None:
     assert outcome.status is None
     assert outcome.retryable
     assert outcome.detail == "connection refused"
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "localhost"])
+async def test_internal_addresses_are_refused_when_not_allowed(
+    receiver: Receiver, host: str
+) -> None:
+    url = receiver.url("/ok").replace("127.0.0.1", host)
+    async with WebhookSender(timeout_s=5.0, allow_internal=False) as strict:
+        outcome = await strict.post(url, receiver.secret, "msg_0010", b"{}")
+
+    assert not outcome.delivered
+    assert not outcome.retryable
+    assert "internal address" in outcome.detail
+    assert receiver.paths == []  # nothing left the process
+
+
+@pytest.mark.parametrize(
+    ("address", "internal_expected"),
+    [
+        ("127.0.0.1", True),
+        ("10.1.2.3", True),
+        ("192.168.0.10", True),
+        ("169.254.169.254", True),  # cloud metadata
+        ("::1", True),
+        ("fd00::1", True),
+        ("fe80::1%eth0", True),
+        ("224.0.0.1", True),
+        ("8.8.8.8", False),
+        ("2001:4860:4860::8888", False),
+    ],
+)
+def test_which_addresses_are_internal(address: str, internal_expected: bool) -> None:
+    assert internal(address) is internal_expected
 
 
 async def test_a_malformed_secret_is_refused_before_sending(

@@ -27,7 +27,10 @@ def build(settings: Settings, *, mailer: Mailer | None = None) -> tuple[ServiceA
         uow=app.unit_of_work,
         settings=settings,
         mailer=mailer or SmtpMailer(SmtpSettings()),
-        webhooks=WebhookSender(timeout_s=settings.webhook_timeout_s),
+        webhooks=WebhookSender(
+            timeout_s=settings.webhook_timeout_s,
+            allow_internal=settings.internal_webhooks_allowed,
+        ),
     )
     register_consumers(app.consumers, deps)
     register_routes(app.rpc, deps)

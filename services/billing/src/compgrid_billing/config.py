@@ -68,6 +68,19 @@ class Settings(ServiceSettings):
         default=None, description="plain http endpoints (default: everywhere but production)"
     )
 
+    allow_internal_webhooks: bool | None = Field(
+        default=None,
+        description="endpoints on loopback, private or link-local addresses (default: everywhere "
+        "but production)",
+    )
+
+    @property
+    def internal_webhooks_allowed(self) -> bool:
+        """Whether an endpoint may be (or resolve to) an address off the public internet."""
+        if self.allow_internal_webhooks is not None:
+            return self.allow_internal_webhooks
+        return self.environment is not Environment.PRODUCTION
+
     @property
     def http_webhooks_allowed(self) -> bool:
         """Whether an endpoint may be plain http."""

@@ -13,6 +13,7 @@ import base64
 import binascii
 import hashlib
 import hmac
+import ipaddress
 import secrets
 import time
 from dataclasses import dataclass
@@ -113,6 +114,29 @@ class Outcome:
     duration_ms: int
 
 
+def internal(address: str) -> bool:
+    """Whether an IP address is not on the public internet (loopback, private, link-local...)."""
+    ip = ipaddress.ip_address(address.split("%", 1)[0])
+    return not ip.is_global or ip.is_multicast
+
+
+async def internal_address(host: str) -> str | None:
+    """The first internal address ``host`` is or resolves to, or None when all are public.
+
+    Checked before each send, so an endpoint cannot reach the cluster's own network; a host
+    that changes its answer between this check and the connection is not caught.
+    """
+    try:
+        return host if internal(host) else None
+    except ValueError:
+        pass  # a name, not an address
+    found = await asyncio.get_running_loop().getaddrinfo(host, None)
+    for *_, sockaddr in found:
+        if internal(str(sockaddr[0])):
+            return str(sockaddr[0])
+    return None
+
+
 class WebhookSender:
     """Posts signed webhooks and reports each attempt as an Outcome; never follows redirects.
 
@@ -121,11 +145,18 @@ class WebhookSender:
     Redirects are not followed, because the body could then reach a host nobody approved.
     """
 
-    def __init__(self, timeout_s: float = 10.0, user_agent: str = "CompGrid-Webhooks/1") -> None:
+    def __init__(
+        self,
+        timeout_s: float = 10.0,
+        user_agent: str = "CompGrid-Webhooks/1",
+        *,
+        allow_internal: bool = True,
+    ) -> None:
         if timeout_s <= 0:
             raise ValueError("webhook timeout must be positive")
         self._timeout_s = timeout_s
         self._user_agent = user_agent
+        self._allow_internal = allow_internal
         self._client = httpx.AsyncClient(timeout=httpx.Timeout(timeout_s), follow_redirects=False)
 
     async def __aenter__(self) -> WebhookSender:
@@ -164,6 +195,14 @@ class WebhookSender:
         def failed(detail: str) -> Outcome:
             return Outcome(False, None, detail, True, _elapsed_ms(started))
 
+        if not self._allow_internal:
+            try:
+                internal = await internal_address(httpx.URL(url).host)
+            except OSError as exc:
+                return failed(_shorten(f"cannot resolve the host: {exc}"))
+            if internal is not None:
+                detail = f"refused: the host resolves to the internal address {internal}"
+                return Outcome(False, None, detail, False, _elapsed_ms(started))
         try:
             async with asyncio.timeout(self._timeout_s):
                 status, location, snippet = await self._send(url, headers, body)

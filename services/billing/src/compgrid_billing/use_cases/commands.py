@@ -7,10 +7,11 @@ from __future__ import annotations
 from typing import Any
 from uuid import UUID
 
+import httpx
 from sqlalchemy import select, update
 
 from compgrid_billing.adapters.tables import account, invoice, project, webhook
-from compgrid_billing.adapters.webhooks import new_secret, validate_url
+from compgrid_billing.adapters.webhooks import internal_address, new_secret, validate_url
 from compgrid_billing.domain.invoice import addresses
 from compgrid_billing.use_cases import invoicing
 from compgrid_billing.use_cases.deps import Deps
@@ -115,8 +116,14 @@ async def create_webhook(deps: Deps, caller: Caller, body: api.CreateWebhook) ->
     _require_hook_manager(principal, body.project_id)
     try:
         url = validate_url(body.url, allow_http=deps.settings.http_webhooks_allowed)
+        if not deps.settings.internal_webhooks_allowed:
+            found = await internal_address(httpx.URL(url).host)
+            if found is not None:
+                raise ValueError(f"the host is (or resolves to) the internal address {found}")
     except ValueError as exc:
         raise Invalid(str(exc), field="url") from None
+    except OSError as exc:
+        raise Invalid(f"cannot resolve the host: {exc}", field="url") from None
     unknown = sorted(set(body.event_types) - set(api.WEBHOOK_EVENT_TYPES))
     if unknown:
         raise Invalid(
