@@ -10,7 +10,7 @@ from compgrid_billing.entrypoints.rpc import register_routes
 from compgrid_billing.use_cases.delivery import deliver_forever
 from compgrid_billing.use_cases.deps import Deps
 from compgrid_billing.use_cases.invoicing import schedule_forever
-from compgrid_billing.use_cases.rating import rate_parked_forever
+from compgrid_billing.use_cases.upkeep import upkeep_forever
 from compgrid_runtime.app import ServiceApp
 from compgrid_runtime.mail import Mailer, SmtpMailer, SmtpSettings
 
@@ -36,7 +36,7 @@ def build(settings: Settings, *, mailer: Mailer | None = None) -> tuple[ServiceA
     register_routes(app.rpc, deps)
 
     async def rate(_: ServiceApp) -> None:
-        await rate_parked_forever(deps)
+        await upkeep_forever(deps)
 
     async def deliver(_: ServiceApp) -> None:
         await deliver_forever(deps)

@@ -244,7 +244,7 @@ class WebhookSender:
                     if len(head) >= _SNIPPET_READ_BYTES:
                         break
             except (httpx.TransportError, httpx.DecodingError):
-                pass
+                pass  # the snippet is only detail: what was read so far will do
             return status, None, _snippet(bytes(head[:_SNIPPET_READ_BYTES]))
 
 

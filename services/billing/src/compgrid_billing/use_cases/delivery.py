@@ -20,7 +20,7 @@ from typing import Any
 from uuid import UUID
 
 import aiosmtplib
-from sqlalchemy import func, insert, select, text, update
+from sqlalchemy import func, insert, select, update
 
 from compgrid_billing.adapters.tables import delivery, delivery_attempt, invoice, invoice_line
 from compgrid_billing.adapters.tables import webhook as webhook_table
@@ -317,14 +317,3 @@ async def deliver_forever(deps: Deps) -> None:
             await asyncio.sleep(deps.settings.delivery_interval_s)
     finally:
         await deps.webhooks.aclose()
-
-
-async def pending_count(deps: Deps) -> int:
-    """Deliveries still to be made (for tests and health)."""
-    async with deps.uow() as uow:
-        return int(
-            await uow.session.scalar(
-                text("SELECT count(*) FROM billing.delivery WHERE state = 'pending'")
-            )
-            or 0
-        )

@@ -135,12 +135,13 @@ async def on_instance_requested(deps: Deps, event: InstanceRequested, uow: UnitO
     ).first()
     if inserted is None:
         return  # a repeated request: the instance and its hold are there already
-    await rating.rate_instances(uow, [event.instance_id])
+    await rating.rate_instance(uow, event.instance_id)  # its usage may have waited for it
     await budgets.refresh(uow, deps.settings, [event.budget_code_id])
 
 
-async def _holds_follow(deps: Deps, uow: UnitOfWork, event: Any, state: InstanceState) -> None:
-    """Apply a newer lifecycle state: release the hold when the instance stops running; hold
+async def _follow(deps: Deps, uow: UnitOfWork, event: Any, state: InstanceState) -> None:
+    """Apply a lifecycle report: the disk's life (from any report, whatever its order), and
+    from newer ones the state and the hold — released when the instance stops running, placed
     again when a stopped instance starts."""
     row = (
         await uow.session.execute(
@@ -150,28 +151,28 @@ async def _holds_follow(deps: Deps, uow: UnitOfWork, event: Any, state: Instance
     if row is None:
         log.info("state of an instance billing does not know", instance=str(event.instance_id))
         return
-    disk = _disk_life(row, state, event.occurred_at)
-    if disk:
-        await uow.session.execute(update(instance).where(instance.c.id == row.id).values(**disk))
-        rated = await rating.rate_instance(uow, row.id)  # storage follows the disk's life
-        await budgets.refresh(uow, deps.settings, rated.budget_codes)
-    if row.version >= event.version:
+    values: dict[str, Any] = _disk_life(row, state, event.occurred_at)
+    if row.version < event.version:
+        values |= {"state": state.value, "version": event.version}
+        if state in RELEASED:
+            values["hold_active"] = False
+        elif state is InstanceState.STARTING and not row.hold_active:
+            horizon = timedelta(hours=deps.settings.admission_horizon_hours)
+            values |= {
+                "hold_active": True,
+                "hold_amount": projected_cost(
+                    Decimal(row.hourly_price), horizon, utc_now(), row.lease_ends_at
+                ),
+                "charged_at_hold_scaled": row.charged_scaled,
+            }
+    if not values:
         return  # older news
-    values: dict[str, Any] = {"state": state.value, "version": event.version}
-    if state in RELEASED:
-        values["hold_active"] = False
-    elif state is InstanceState.STARTING and not row.hold_active:
-        horizon = timedelta(hours=deps.settings.admission_horizon_hours)
-        values |= {
-            "hold_active": True,
-            "hold_amount": projected_cost(
-                Decimal(row.hourly_price), horizon, utc_now(), row.lease_ends_at
-            ),
-            "charged_at_hold_scaled": row.charged_scaled,
-        }
     await uow.session.execute(update(instance).where(instance.c.id == row.id).values(**values))
-    if values.get("hold_active") != row.hold_active and "hold_active" in values:
-        await budgets.refresh(uow, deps.settings, [row.budget_code_id])
+    if "disk_since" in values or "disk_until" in values:
+        await rating.rate_instance(uow, row.id)  # storage follows the disk's life
+    elif values.get("hold_active", row.hold_active) == row.hold_active:
+        return  # neither charges nor holds changed
+    await budgets.refresh(uow, deps.settings, [row.budget_code_id])
 
 
 def _disk_life(row: Any, state: InstanceState, at: datetime) -> dict[str, datetime]:
@@ -185,15 +186,15 @@ def _disk_life(row: Any, state: InstanceState, at: datetime) -> dict[str, dateti
 
 
 async def on_instance_state(deps: Deps, event: InstanceStateChanged, uow: UnitOfWork) -> None:
-    """Follow an instance's lifecycle for its hold."""
+    """Follow an instance's lifecycle for its hold and its disk."""
     await lock_ledger(uow)
-    await _holds_follow(deps, uow, event, event.state)
+    await _follow(deps, uow, event, event.state)
 
 
 async def on_instance_rejected(deps: Deps, event: InstanceRejected, uow: UnitOfWork) -> None:
     """A rejected instance holds nothing."""
     await lock_ledger(uow)
-    await _holds_follow(deps, uow, event, InstanceState.REJECTED)
+    await _follow(deps, uow, event, InstanceState.REJECTED)
 
 
 async def on_price_tier(deps: Deps, event: PriceTierChanged, uow: UnitOfWork) -> None:

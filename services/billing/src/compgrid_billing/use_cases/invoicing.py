@@ -45,7 +45,6 @@ from compgrid_billing.domain.invoice import UNITS, LineKind, Resource, addresses
 from compgrid_billing.domain.money import round_money, unscale
 from compgrid_billing.use_cases import rating
 from compgrid_billing.use_cases.deps import Deps
-from compgrid_billing.use_cases.rating import WORK_MEM
 from compgrid_events.base import Money, utc_now, uuid7
 from compgrid_events.billing import InvoiceIssued
 from compgrid_events.billing_api import INVOICE_ISSUED
@@ -283,9 +282,7 @@ def _line_values(
 async def _issue_batch(deps: Deps, uow: UnitOfWork, run: Any) -> int:
     """Issue the next batch of invoices of a run (ledger lock held); return how many."""
     session = uow.session
-    await session.execute(text(f"SET LOCAL work_mem = '{WORK_MEM}'"))  # lines sorted in memory
-    # compiling these large statements (JIT) takes seconds and saves less than that
-    await session.execute(text("SET LOCAL jit = off"))
+    await rating.for_large_statements(uow)
     # Under the ledger lock no rating is in flight: every id the sequence gave is committed.
     watermark = await session.scalar(text(WATERMARK))
     pending = (

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 from collections import defaultdict
+from dataclasses import asdict
 from datetime import timedelta
 from decimal import Decimal
 from typing import Any, TypeVar
@@ -29,7 +30,7 @@ from compgrid_billing.adapters.tables import (
     invoice_line,
 )
 from compgrid_billing.domain.documents import export_csv, render_csv, render_pdf
-from compgrid_billing.domain.invoice import UNITS, ExportRow, Resource, quantity_of
+from compgrid_billing.domain.invoice import UNITS, ExportRow, InvoiceDocument, Resource, quantity_of
 from compgrid_billing.domain.money import unscale
 from compgrid_billing.use_cases import rating
 from compgrid_billing.use_cases.budgets import EXACT, burn_of, holds_of, view_of
@@ -276,7 +277,7 @@ async def list_invoices(deps: Deps, caller: Caller, body: api.InvoicesQuery) -> 
     return api.InvoiceList(invoices=[reply(api.InvoiceSummary, r, invoice_id=r.id) for r in rows])
 
 
-async def _readable_invoice(deps: Deps, caller: Caller, invoice_id: UUID) -> Any:
+async def _readable_invoice(deps: Deps, caller: Caller, invoice_id: UUID) -> InvoiceDocument:
     principal = caller.require()
     async with deps.uow() as uow:
         doc = await load_document(uow.session, invoice_id)
@@ -286,26 +287,10 @@ async def _readable_invoice(deps: Deps, caller: Caller, invoice_id: UUID) -> Any
 
 async def get_invoice(deps: Deps, caller: Caller, body: api.InvoiceRef) -> api.InvoiceDetail:
     """One invoice with its lines."""
-    principal = caller.require()
-    async with deps.uow() as uow:
-        row = (
-            await uow.session.execute(select(invoice).where(invoice.c.id == body.invoice_id))
-        ).first()
-        if row is None:
-            raise NotFound("no such invoice", field="invoice_id")
-        require_money_reader(principal, row.project_id, "no such invoice")
-        lines = (
-            await uow.session.execute(
-                select(invoice_line)
-                .where(invoice_line.c.invoice_id == row.id)
-                .order_by(invoice_line.c.position)
-            )
-        ).all()
-    return reply(
-        api.InvoiceDetail,
-        row,
-        invoice_id=row.id,
-        lines=[reply(api.InvoiceLinePublic, x) for x in lines],
+    doc = await _readable_invoice(deps, caller, body.invoice_id)
+    summary = {name: getattr(doc, name) for name in api.InvoiceSummary.model_fields}
+    return api.InvoiceDetail(
+        **summary, lines=[api.InvoiceLinePublic(**asdict(line)) for line in doc.lines]
     )
 
 

@@ -25,7 +25,6 @@ Every rating transaction holds the ledger lock (``adapters.locks``), as invoicin
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -36,7 +35,6 @@ from sqlalchemy import text
 
 from compgrid_billing.adapters.locks import lock_ledger
 from compgrid_billing.domain.money import HOURS_PER_MONTH
-from compgrid_billing.use_cases import budgets
 from compgrid_runtime.logs import get_logger
 from compgrid_runtime.uow import UnitOfWork
 
@@ -183,12 +181,17 @@ class Rated:
         return sum(self.entries.values())
 
 
+async def for_large_statements(uow: UnitOfWork) -> None:
+    """Settings for the rest of the transaction's statements over many ledger rows."""
+    # what a statement holds for its several steps stays in memory, not in temp files
+    await uow.session.execute(text(f"SET LOCAL work_mem = '{WORK_MEM}'"))
+    # compiling such statements (JIT) takes seconds and saves less than that
+    await uow.session.execute(text("SET LOCAL jit = off"))
+
+
 async def _rate(uow: UnitOfWork, scope: str, params: dict[str, Any]) -> Rated:
     await lock_ledger(uow)
-    # the priced hours are kept for the statement's several steps: in memory, not in temp files
-    await uow.session.execute(text(f"SET LOCAL work_mem = '{WORK_MEM}'"))
-    # compiling these large statements (JIT) takes seconds and saves less than that
-    await uow.session.execute(text("SET LOCAL jit = off"))
+    await for_large_statements(uow)
     rows = await uow.session.execute(text(_RATE.format(scope=scope)), params)
     return Rated({row.id: int(row.entries) for row in rows})
 
@@ -213,17 +216,8 @@ async def rate_tier_since(uow: UnitOfWork, tier_id: UUID, since: datetime) -> Ra
 
 
 async def rate_instance(uow: UnitOfWork, instance_id: UUID) -> Rated:
-    """Rate every hour of one instance again (its disk's life became known or changed)."""
+    """Rate every hour of one instance (it became known, or its disk's life did)."""
     return await _rate(uow, "u.instance_id = :i", {"i": instance_id})
-
-
-async def rate_instances(uow: UnitOfWork, instance_ids: Sequence[UUID]) -> Rated:
-    """Rate what an instance's usage waited for (it was not known yet)."""
-    return await _rate(
-        uow,
-        f"u.instance_id = ANY(CAST(:ids AS uuid[])) AND {PARKED}",
-        {"ids": list(instance_ids)},
-    )
 
 
 async def rate_budget(uow: UnitOfWork, budget_code_id: UUID) -> Rated:
@@ -285,36 +279,3 @@ REASONS = {
 async def parked(uow: UnitOfWork, limit: int = 1000) -> list[Any]:
     """Usage waiting to be rated, oldest first, each with why."""
     return list(await uow.session.execute(text(_PARKED), {"limit": limit}))
-
-
-async def rate_parked_forever(deps: Any) -> None:
-    """Every ``rating_interval_s``: charge stopped disks, price what waited, and say what still
-    waits; every ``budget_refresh_s``: recompute every budget code."""
-    from compgrid_billing.use_cases import storage  # it rates with this module
-
-    loop = asyncio.get_running_loop()
-    refreshed = loop.time()
-    while True:
-        try:
-            added = await storage.accrue(deps)
-            if added:
-                log.info("stopped disks charged", hours=added)
-            if loop.time() - refreshed >= deps.settings.budget_refresh_s:
-                refreshed = loop.time()
-                await budgets.refresh_all(deps)
-            async with deps.uow() as uow:
-                rated = await rate_parked(uow)
-                await budgets.refresh(uow, deps.settings, rated.budget_codes)
-                waiting = await parked(uow, limit=1)
-                await uow.commit()
-            if rated.total:
-                log.info("parked usage rated", entries=rated.total)
-            if waiting:
-                log.warning(
-                    "usage parked: it cannot be priced yet (see parked.list)",
-                    oldest_instance=str(waiting[0].instance_id),
-                    reason=REASONS[waiting[0].reason],
-                )
-        except Exception as exc:  # tried again next time
-            log.warning("rating round failed", error=repr(exc))
-        await asyncio.sleep(deps.settings.rating_interval_s)
