@@ -46,3 +46,7 @@ bench NAME="":
     else
         for b in bench/*.py; do n=$(basename "$b" .py); case "$n" in common|__init__) continue;; esac; uv run python -m "bench.$n"; done
     fi
+
+# Regenerate the committed OpenAPI document of the REST API.
+openapi:
+    uv run python -m compgrid_gateway.openapi docs/openapi.json

@@ -360,3 +360,63 @@ class ParkedList(Contract):
     """Parked usage, oldest first."""
 
     hours: list[ParkedHour]
+
+
+class StatsQuery(_Window):
+    """Earnings and the biggest spenders over hours in ``[since, until)`` (admins and finance)."""
+
+    top: int = Field(default=10, ge=1, le=100)
+
+
+class EarningsDay(Contract):
+    """What the cluster charged on one UTC day, in one currency."""
+
+    day: date
+    currency: str
+    amount: Decimal
+
+
+class TypeStats(Contract):
+    """Charged instances of one type, their running hours (metered) and what they were charged."""
+
+    instance_type: str
+    currency: str
+    instances: int
+    running_hours: Decimal = Field(
+        description="the ledger keeps no running time: the metered running seconds (newest "
+        "rollup) of the charged instance-hours / 3600"
+    )
+    amount: Decimal
+
+
+class TopProject(Contract):
+    """One of the projects that spent most in a currency."""
+
+    project_id: UUID
+    name: str
+    currency: str
+    instances: int
+    amount: Decimal
+
+
+class TopUser(Contract):
+    """One of the people whose instances spent most in a currency."""
+
+    user_id: UUID
+    display_name: str
+    email: str
+    currency: str
+    instances: int
+    amount: Decimal
+
+
+class BillingStats(Contract):
+    """Unrounded sums of the ledger per currency: per UTC day, per instance type, and the
+    ``top`` projects and requesters in each currency, biggest first."""
+
+    since: UtcDatetime
+    until: UtcDatetime
+    earnings: list[EarningsDay]
+    by_instance_type: list[TypeStats]
+    top_projects: list[TopProject]
+    top_users: list[TopUser]

@@ -344,6 +344,11 @@ class ListInstances(Contract):
     host_id: UUID | None = None
     name: str | None = Field(default=None, max_length=64, description="substring")
     mine: bool = False
+    sort: str = Field(
+        default="-created_at",
+        pattern=r"^-?(created_at)$",
+        description="created_at: oldest first; -created_at: newest first",
+    )
     after: Cursor = None
     limit: Limit = 50
 

@@ -28,6 +28,8 @@ from compgrid_runtime.tokens import KEYS_BUCKET
 
 SERVICES = ("auth", "inventory", "provisioner", "metering", "billing", "gateway")
 SETUP_USER = "setup"
+LIVE_SUBJECTS = ["inventory.instance.state_changed"]
+"""Event subjects the gateway follows on core NATS (nothing durable) to stream them live."""
 CALLS: dict[str, tuple[str, ...]] = {
     "gateway": ("auth", "inventory", "provisioner", "metering", "billing"),
 }
@@ -62,7 +64,9 @@ def permissions(service: str) -> dict[str, object]:
     publish += _READ_API
     publish += [f"rpc.{callee}.>" for callee in CALLS.get(service, ())]
     subscribe = ["_INBOX.>"]
-    if service != "gateway":
+    if service == "gateway":
+        subscribe += LIVE_SUBJECTS  # live instance state for server-sent events
+    else:
         subscribe.append(f"rpc.{service}.>")
     return {
         "publish": {"allow": publish},

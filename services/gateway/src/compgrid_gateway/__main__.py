@@ -18,7 +18,11 @@ def main() -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: None)
     uvicorn.run(
-        create_app(settings), host=settings.http_host, port=settings.api_port, log_config=None
+        create_app(settings),
+        host=settings.http_host,
+        port=settings.api_port,
+        log_config=None,
+        access_log=settings.access_log,
     )
 
 

@@ -131,6 +131,8 @@ instance = Table(
     Column("disk_since", DateTime(timezone=True), nullable=True),
     Column("disk_until", DateTime(timezone=True), nullable=True),
     Column("storage_accrued_until", DateTime(timezone=True), nullable=True),
+    # who asked for it (an account); NULL for instances billing learnt before it kept this
+    Column("requested_by", Uuid, nullable=True),
 )
 
 # Each instance's usage in each hour: the newest rollup revision metering published.

@@ -31,5 +31,6 @@ def register_routes(rpc: RpcServer, deps: Deps) -> None:
         ("contacts.get", commands.get_contacts, api.ProjectRef),
         ("contacts.set", commands.set_contacts, api.SetContacts),
         ("parked.list", queries.list_parked, api.ParkedQuery),
+        ("stats.get", queries.stats, api.StatsQuery),
     ):
         rpc.route(operation, partial(use_case, deps), body)

@@ -119,6 +119,7 @@ async def on_instance_requested(deps: Deps, event: InstanceRequested, uow: UnitO
         project_id=event.project_id,
         budget_code_id=event.budget_code_id,
         name=event.name,
+        requested_by=event.requested_by,
         instance_type=event.instance_type,
         price_tier_id=event.price_tier_id,
         disk_gib=event.resources.disk_gib,

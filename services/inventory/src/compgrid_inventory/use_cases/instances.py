@@ -338,9 +338,11 @@ async def get_instance_detail(deps: Deps, caller: Caller, body: InstanceRef) -> 
 
 
 async def list_instances(deps: Deps, caller: Caller, body: ListInstances) -> Page[InstancePublic]:
-    """Newest first; members see their projects' instances only."""
+    """Newest first (or oldest first); members see their projects' instances only."""
     principal = caller.require()
-    query = instance_query().order_by(instance.c.id.desc()).limit(body.limit + 1)
+    newest = body.sort.startswith("-")
+    order = instance.c.id.desc() if newest else instance.c.id.asc()
+    query = instance_query().order_by(order).limit(body.limit + 1)
     if not principal.has_role("admin", "finance"):
         query = query.where(instance.c.project_id.in_(list(principal.projects)))
     if body.project_id is not None:
@@ -357,7 +359,8 @@ async def list_instances(deps: Deps, caller: Caller, body: ListInstances) -> Pag
         query = query.where(instance.c.requested_by == principal.user_id)
     if body.after is not None:
         try:
-            query = query.where(instance.c.id < UUID(body.after))
+            cursor = UUID(body.after)
+            query = query.where(instance.c.id < cursor if newest else instance.c.id > cursor)
         except ValueError:
             raise Invalid("after: not a cursor this list gave out", field="after") from None
     async with deps.uow() as uow:

@@ -1,0 +1,1 @@
+"""``compgrid``: the command line for CompGrid's REST API."""

@@ -1,0 +1,207 @@
+"""Every error in one shape: RFC 9457 problem details (``application/problem+json``).
+
+``type`` is a stable URI per machine-readable ``code``; ``field`` names the input at fault when
+there is one. Errors from the owning services keep their status and code; a service that does
+not answer becomes 503 (nothing listening) or 504 (no answer in time), never a hang.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from pydantic import BaseModel, Field
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.responses import Response
+
+from compgrid_runtime.errors import DomainError
+from compgrid_runtime.logs import get_logger
+from compgrid_runtime.rpc import RemoteError
+
+log = get_logger(__name__)
+
+PROBLEM_MEDIA_TYPE = "application/problem+json"
+TYPE_BASE = "https://compgrid.example/problems/"
+
+TITLES = {
+    400: "Bad request",
+    401: "Unauthorized",
+    403: "Forbidden",
+    404: "Not found",
+    405: "Method not allowed",
+    406: "Not acceptable",
+    409: "Conflict",
+    412: "Precondition failed",
+    413: "Content too large",
+    415: "Unsupported media type",
+    422: "Unprocessable content",
+    428: "Precondition required",
+    429: "Too many requests",
+    500: "Internal server error",
+    502: "Bad gateway",
+    503: "Service unavailable",
+    504: "Gateway timeout",
+}
+STATUS_CODES = {
+    400: "bad_request",
+    401: "unauthorized",
+    403: "forbidden",
+    404: "not_found",
+    405: "method_not_allowed",
+    406: "not_acceptable",
+    409: "conflict",
+    412: "precondition_failed",
+    413: "too_large",
+    415: "unsupported_media_type",
+    422: "invalid",
+    428: "precondition_required",
+    429: "too_many_requests",
+    500: "internal",
+    502: "bad_gateway",
+    503: "service_unavailable",
+    504: "timeout",
+}
+
+
+class Problem(BaseModel):
+    """An error: what went wrong, for people (``title``, ``detail``) and for programs
+    (``status``, ``code``, ``field``)."""
+
+    type: str = Field(description="URI naming the kind of problem")
+    title: str
+    status: int = Field(ge=400, le=599)
+    detail: str
+    code: str = Field(description="stable machine-readable code")
+    field: str | None = Field(default=None, description="the input at fault, dotted")
+    instance: str | None = Field(default=None, description="the request path")
+    request_id: str | None = None
+
+
+class Unavailable(DomainError):
+    """Nothing listens for the owning service's operation."""
+
+    status = 503
+    code = "service_unavailable"
+
+
+class TimedOut(DomainError):
+    """The owning service did not answer in time."""
+
+    status = 504
+    code = "timeout"
+
+
+class HttpProblem(DomainError):
+    """A refusal decided at the edge (size, media type, preconditions, throttling)."""
+
+    def __init__(
+        self, status: int, message: str, *, code: str | None = None, field: str | None = None
+    ) -> None:
+        super().__init__(message, code=code or STATUS_CODES.get(status, "error"), field=field)
+        self.status = status
+
+
+def problem(
+    status: int,
+    detail: str,
+    *,
+    code: str | None = None,
+    field: str | None = None,
+    instance: str | None = None,
+    request_id: str | None = None,
+    headers: dict[str, str] | None = None,
+) -> Response:
+    """Return a problem+json response."""
+    code = code or STATUS_CODES.get(status, "error")
+    body = {
+        "type": TYPE_BASE + code,
+        "title": TITLES.get(status, "Error"),
+        "status": status,
+        "detail": detail,
+        "code": code,
+        "field": field,
+        "instance": instance,
+        "request_id": request_id,
+    }
+    return Response(
+        json.dumps(body), status_code=status, media_type=PROBLEM_MEDIA_TYPE, headers=headers
+    )
+
+
+def _request_id(request: Request) -> str | None:
+    found = request.scope.get("state", {}).get("request_id")
+    return str(found) if found else None
+
+
+def _field(loc: Any) -> str | None:
+    parts = [str(p) for p in loc]
+    if parts and parts[0] in ("body", "query", "path", "header"):
+        parts = parts[1:]
+    return ".".join(parts) or None
+
+
+def install(app: FastAPI) -> None:
+    """Turn every error the application can raise into a problem document."""
+
+    @app.exception_handler(DomainError)
+    async def domain_error(request: Request, exc: DomainError) -> Response:
+        status = exc.status if isinstance(exc, RemoteError | HttpProblem) else type(exc).status
+        headers = getattr(exc, "headers", None)
+        if status == 401:
+            headers = {**(headers or {}), "WWW-Authenticate": 'Bearer realm="compgrid"'}
+        return problem(
+            status,
+            exc.message,
+            code=exc.code,
+            field=exc.field,
+            instance=request.url.path,
+            request_id=_request_id(request),
+            headers=headers,
+        )
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(request: Request, exc: RequestValidationError) -> Response:
+        errors = list(exc.errors())
+        first = errors[0] if errors else {"loc": (), "msg": "invalid request"}
+        where = _field(first.get("loc", ()))
+        message = str(first.get("msg", "invalid request"))
+        if first.get("type") == "json_invalid":
+            return problem(
+                400,
+                "the body is not valid JSON",
+                code="malformed_json",
+                instance=request.url.path,
+                request_id=_request_id(request),
+            )
+        return problem(
+            422,
+            f"{where}: {message}" if where else message,
+            code="invalid",
+            field=where,
+            instance=request.url.path,
+            request_id=_request_id(request),
+        )
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
+        detail = exc.detail if isinstance(exc.detail, str) else TITLES.get(exc.status_code, "")
+        if exc.status_code == 404 and detail == "Not Found":
+            detail = f"no such endpoint: {request.method} {request.url.path}"
+        elif exc.status_code == 405:
+            detail = f"{request.method} is not allowed on {request.url.path}"
+        return problem(
+            exc.status_code,
+            detail,
+            instance=request.url.path,
+            request_id=_request_id(request),
+            headers=dict(exc.headers or {}),
+        )
+
+    @app.exception_handler(Exception)
+    async def crashed(request: Request, exc: Exception) -> Response:
+        log.exception("request failed", path=request.url.path)
+        return problem(
+            500, "internal error", instance=request.url.path, request_id=_request_id(request)
+        )

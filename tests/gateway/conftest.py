@@ -1,0 +1,153 @@
+"""The whole platform for HTTP tests: ``scripts/devstack.py`` (what ``just dev`` runs) started
+once per test run on the run's Postgres and Redis, with NATS JetStream from the wheel under
+per-service users, every service as its own process and the demo-dc provisioner driving
+simulated libvirt hosts. Tests talk to it only through the gateway, like people and scripts do.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from compgrid_runtime.embedded import free_port
+from tests.harness.servers import Servers, drop_database
+
+ROOT = Path(__file__).resolve().parents[2]
+PASSWORDS = {
+    "admin": ("admin@compgrid.example", "demo-admin-password"),
+    "pi": ("pi@compgrid.example", "demo-pi-password"),
+    "researcher": ("researcher@compgrid.example", "demo-researcher-password"),
+    "finance": ("finance@compgrid.example", "demo-finance-password"),
+}
+_API_LINE = re.compile(r"API on (http://127\.0\.0\.1:\d+)")
+
+
+@dataclass
+class Stack:
+    """The running platform: where the API is and how each demo person signs in."""
+
+    base_url: str
+    state_dir: Path
+    database_url: str
+    log: Path
+    tokens: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def api(self) -> str:
+        """The API root."""
+        return f"{self.base_url}/api/v1"
+
+    def login(self, who: str) -> str:
+        """A fresh access token of one demo person (``admin``, ``pi``, ``researcher``,
+        ``finance``)."""
+        email, password = PASSWORDS[who]
+        reply = httpx.post(
+            f"{self.api}/auth/login", json={"email": email, "password": password}, timeout=30
+        )
+        assert reply.status_code == 200, reply.text
+        token: str = reply.json()["access_token"]
+        return token
+
+    def token(self, who: str) -> str:
+        """An access token of one demo person, signed in once per run."""
+        if who not in self.tokens:
+            self.tokens[who] = self.login(who)
+        return self.tokens[who]
+
+    def headers(self, who: str | None) -> dict[str, str]:
+        """Authorization headers of one demo person (none for ``None``)."""
+        return {} if who is None else {"Authorization": f"Bearer {self.token(who)}"}
+
+
+def _start(state: Path, env: dict[str, str], log: Path) -> tuple[subprocess.Popen[bytes], str]:
+    out = log.open("wb")
+    launcher = subprocess.Popen(
+        [sys.executable, "scripts/devstack.py", "--state-dir", str(state)],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    assert launcher.stdout is not None
+    found: list[str] = []
+    ready = threading.Event()
+
+    def pump() -> None:
+        assert launcher.stdout is not None
+        for raw in iter(launcher.stdout.readline, b""):
+            out.write(raw)
+            out.flush()
+            if not found and (m := _API_LINE.search(raw.decode(errors="replace"))):
+                found.append(m.group(1))
+                ready.set()
+        ready.set()
+
+    threading.Thread(target=pump, daemon=True).start()
+    ready.wait(timeout=240)
+    if not found:
+        launcher.kill()
+        raise RuntimeError(f"the platform did not start; see {log}:\n{log.read_text()[-4000:]}")
+    return launcher, found[0]
+
+
+@pytest.fixture(scope="session")
+async def stack(
+    real: Servers,
+    _servers: tuple[Servers, str, str],
+    tmp_path_factory: pytest.TempPathFactory,
+) -> AsyncIterator[Stack]:
+    """Every service running against the run's servers (a database of its own)."""
+    state = Path(tmp_path_factory.mktemp("platform"))
+    server, _, name = real.database_url.rpartition("/")
+    database_url = f"{server}/{name}_gw"
+    env = {
+        **os.environ,
+        "COMPGRID_DATABASE_URL": database_url,
+        "COMPGRID_REDIS_URL": real.redis_url,
+        "COMPGRID_GATEWAY_API_PORT": str(free_port()),
+        "COMPGRID_PROVISIONER_TICK_INTERVAL_S": "2",  # usage shows up within seconds
+    }
+    env.pop("COMPGRID_NATS_URL", None)  # NATS from the wheel, one user per service
+    launcher, base_url = _start(state, env, state / "platform.log")
+    try:
+        yield Stack(base_url, state, database_url, state / "platform.log")
+    finally:
+        launcher.send_signal(signal.SIGTERM)
+        try:
+            launcher.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(launcher.pid, signal.SIGKILL)
+            launcher.wait()
+        await drop_database(_servers[1], f"{name}_gw")
+
+
+@pytest.fixture
+async def client(stack: Stack) -> AsyncIterator[httpx.AsyncClient]:
+    """An HTTP client on the API root."""
+    async with httpx.AsyncClient(base_url=stack.api, timeout=30) as http:
+        yield http
+
+
+def wait_for(predicate: Any, timeout_s: float = 60.0, interval_s: float = 0.25) -> Any:
+    """Poll ``predicate`` until it returns something truthy; fail after ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not true after {timeout_s:.0f} s")
+        time.sleep(interval_s)

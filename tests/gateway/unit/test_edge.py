@@ -1,0 +1,79 @@
+"""The edge's pure parts: token buckets, suspicious text in bodies, If-Match parsing."""
+
+from __future__ import annotations
+
+import pytest
+from starlette.requests import Request
+
+from compgrid_gateway.edge import TokenBuckets, bad_body_text
+from compgrid_gateway.problems import HttpProblem
+from compgrid_gateway.routes.common import if_match
+
+
+def test_bucket_allows_the_burst_then_refills_at_the_rate() -> None:
+    buckets = TokenBuckets(rate=2.0, burst=3)
+    assert [buckets.take("a", now=0.0)[0] for _ in range(4)] == [True, True, True, False]
+    allowed, _, wait = buckets.take("a", now=0.0)
+    assert not allowed
+    assert wait == pytest.approx(0.5)
+    assert buckets.take("a", now=0.5)[0] is True  # one token back after 1/rate seconds
+    assert buckets.take("a", now=0.5)[0] is False
+    assert buckets.take("b", now=0.5)[0] is True  # keys are independent
+
+
+def test_bucket_never_holds_more_than_the_burst() -> None:
+    buckets = TokenBuckets(rate=100.0, burst=2)
+    buckets.take("a", now=0.0)
+    outcomes = [buckets.take("a", now=1000.0)[0] for _ in range(3)]
+    assert outcomes == [True, True, False]
+
+
+def test_bucket_forgets_the_oldest_keys_beyond_its_bound() -> None:
+    buckets = TokenBuckets(rate=0.001, burst=1, max_keys=2)
+    assert buckets.take("a", now=0.0)[0]
+    assert buckets.take("b", now=0.0)[0]
+    assert buckets.take("c", now=0.0)[0]  # "a" is forgotten...
+    assert buckets.take("a", now=0.0)[0]  # ...so it starts with a full bucket again
+    assert not buckets.take("c", now=0.0)[0]
+
+
+@pytest.mark.parametrize(
+    ("body", "bad"),
+    [
+        (b'{"name": "ok"}', False),
+        ('{"name": "\U0001f600 \u05e9\u05dc\u05d5\u05dd e\u0301"}'.encode(), False),
+        (b'{"name": "\\ud83d\\ude00"}', False),  # an escaped pair is a valid character
+        (b'{"name": "a\\u0000b"}', True),
+        (b'{"name": "\\ud800"}', True),
+        (b'{"nested": {"list": ["\\udfff"]}}', True),
+        (b'{"\\u0000key": 1}', True),
+        (b'{"name": "a\x00b"}', True),
+        (b"not json at all \\u0000", False),  # the parser names it: malformed JSON
+    ],
+)
+def test_bodies_with_text_no_column_can_hold_are_flagged(body: bytes, bad: bool) -> None:
+    assert bad_body_text(body) is bad
+
+
+def _request(if_match_value: str | None) -> Request:
+    headers = [] if if_match_value is None else [(b"if-match", if_match_value.encode())]
+    return Request({"type": "http", "method": "PATCH", "headers": headers, "path": "/"})
+
+
+@pytest.mark.parametrize(("value", "version"), [('"3"', 3), ('W/"12"', 12), ("7", 7)])
+def test_if_match_reads_the_version(value: str, version: int) -> None:
+    assert if_match(_request(value), required=True) == version
+
+
+def test_if_match_missing_is_428_when_required_and_none_otherwise() -> None:
+    assert if_match(_request(None), required=False) is None
+    with pytest.raises(HttpProblem) as raised:
+        if_match(_request(None), required=True)
+    assert raised.value.status == 428
+
+
+@pytest.mark.parametrize("value", ['"abc"', "*", '"0"', '"-1"', '"99999999999"'])
+def test_if_match_that_is_no_version_is_412(value: str) -> None:
+    with pytest.raises(HttpProblem) as raised:
+        if_match(_request(value), required=False)
+    assert raised.value.status == 412
