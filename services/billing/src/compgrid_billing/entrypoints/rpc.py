@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from functools import partial
 
-from compgrid_billing.use_cases import commands, queries
+from compgrid_billing.use_cases import commands, queries, stats
 from compgrid_billing.use_cases.deps import Deps
 from compgrid_events import billing_api as api
 from compgrid_runtime.rpc import RpcServer
@@ -31,6 +31,6 @@ def register_routes(rpc: RpcServer, deps: Deps) -> None:
         ("contacts.get", commands.get_contacts, api.ProjectRef),
         ("contacts.set", commands.set_contacts, api.SetContacts),
         ("parked.list", queries.list_parked, api.ParkedQuery),
-        ("stats.get", queries.stats, api.StatsQuery),
+        ("stats.get", stats.stats, api.StatsQuery),
     ):
         rpc.route(operation, partial(use_case, deps), body)
