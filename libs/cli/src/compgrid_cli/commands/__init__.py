@@ -1,0 +1,1 @@
+"""The command groups of ``compgrid``, one module per area."""
