@@ -25,6 +25,17 @@ from compgrid_runtime.rpc import RemoteError
 from compgrid_runtime.tokens import Principal, TokenVerifier
 from compgrid_runtime.tracing import inject_headers
 
+_OK_PREFIX = b'{"ok":true,"data":'
+_OK_SUFFIX = b',"error":null}'
+"""How a successful reply is written (``RpcReply.model_dump_json``): its data sits between."""
+
+
+def _data(raw: bytes) -> Any:
+    reply = json.loads(raw)
+    if not reply.get("ok"):
+        raise RemoteError(RpcError.model_validate(reply.get("error")))
+    return reply.get("data")
+
 
 @dataclass(frozen=True)
 class Backend:
@@ -63,6 +74,31 @@ class Ctx:
         slow: bool = False,
     ) -> Any:
         """Return the owning service's answer, or raise its refusal."""
+        return _data(await self._request(service, operation, body, slow=slow))
+
+    async def relay(
+        self,
+        service: str,
+        operation: str,
+        body: BaseModel | dict[str, Any] | None = None,
+        *,
+        slow: bool = False,
+    ) -> bytes:
+        """The answer's JSON as the service wrote it, without decoding and encoding it again
+        (for answers passed through unchanged); refusals raise as with :meth:`ask`."""
+        raw = await self._request(service, operation, body, slow=slow)
+        if raw.startswith(_OK_PREFIX) and raw.endswith(_OK_SUFFIX):
+            return raw[len(_OK_PREFIX) : -len(_OK_SUFFIX)]
+        return json.dumps(_data(raw), separators=(",", ":")).encode()
+
+    async def _request(
+        self,
+        service: str,
+        operation: str,
+        body: BaseModel | dict[str, Any] | None,
+        *,
+        slow: bool,
+    ) -> bytes:
         payload = (
             body.model_dump(mode="json")
             if isinstance(body, BaseModel)
@@ -86,10 +122,8 @@ class Ctx:
             raise Unavailable(f"the {service} service is not running; try again shortly") from exc
         except (NatsTimeoutError, TimeoutError) as exc:
             raise TimedOut(f"the {service} service did not answer within {timeout:g} s") from exc
-        reply = json.loads(msg.data)
-        if not reply.get("ok"):
-            raise RemoteError(RpcError.model_validate(reply.get("error")))
-        return reply.get("data")
+        data: bytes = msg.data
+        return data
 
     def principal(self) -> Principal:
         """Verify the token here (for what the edge itself keys by the caller)."""
@@ -98,8 +132,8 @@ class Ctx:
         return self.backend.verifier.verify(self.token)
 
 
-def context(request: Request) -> Ctx:
-    """Build the request's context (a FastAPI dependency)."""
+async def context(request: Request) -> Ctx:
+    """Build the request's context (a FastAPI dependency; async, so it runs on the loop)."""
     client = request.client.host if request.client else None
     return Ctx(
         backend=request.app.state.backend,

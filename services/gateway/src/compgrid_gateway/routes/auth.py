@@ -17,13 +17,13 @@ router = APIRouter(tags=["auth"], responses=problems())
 @router.post("/auth/login", response_model=api.TokenPair)
 async def login(ctx: CtxDep, body: api.Login) -> Response:
     """Sign in with email and password: a short-lived access token and a refresh token."""
-    return json_response(await ctx.ask("auth", "login", body))
+    return json_response(await ctx.relay("auth", "login", body))
 
 
 @router.post("/auth/refresh", response_model=api.TokenPair)
 async def refresh(ctx: CtxDep, body: api.Refresh) -> Response:
     """Trade a refresh token for a new pair (the old refresh token stops working)."""
-    return json_response(await ctx.ask("auth", "refresh", body))
+    return json_response(await ctx.relay("auth", "refresh", body))
 
 
 @router.post("/auth/logout", status_code=204, response_class=Response)
@@ -36,7 +36,7 @@ async def logout(ctx: CtxDep, body: api.Refresh) -> Response:
 @router.post("/auth/token", response_model=api.TokenPair)
 async def exchange_api_token(ctx: CtxDep, body: api.ExchangeApiToken) -> Response:
     """Trade an API token (from ``POST /me/api-tokens``) for a short-lived access token."""
-    return json_response(await ctx.ask("auth", "exchange_api_token", body))
+    return json_response(await ctx.relay("auth", "exchange_api_token", body))
 
 
 @router.post("/auth/register", status_code=201, response_model=api.UserPublic)
@@ -70,7 +70,7 @@ async def accept_invitation(ctx: CtxDep, body: api.AcceptInvitation) -> Response
 @router.get("/me", response_model=api.Me)
 async def me(ctx: CtxDep) -> Response:
     """The caller's account and project memberships."""
-    return json_response(await ctx.ask("auth", "me"))
+    return json_response(await ctx.relay("auth", "me"))
 
 
 @router.post("/me/password", status_code=204, response_class=Response)
@@ -83,7 +83,7 @@ async def change_password(ctx: CtxDep, body: api.ChangePassword) -> Response:
 @router.get("/me/api-tokens", response_model=list[api.ApiTokenPublic])
 async def list_api_tokens(ctx: CtxDep) -> Response:
     """The caller's API tokens (never their secrets)."""
-    return json_response(await ctx.ask("auth", "api_tokens.list"))
+    return json_response(await ctx.relay("auth", "api_tokens.list"))
 
 
 @router.post("/me/api-tokens", status_code=201, response_model=api.ApiTokenCreated)
@@ -96,4 +96,4 @@ async def create_api_token(request: Request, ctx: CtxDep, body: api.CreateApiTok
 @router.delete("/me/api-tokens/{token_id}", response_model=api.ApiTokenPublic)
 async def revoke_api_token(ctx: CtxDep, token_id: UUID) -> Response:
     """Revoke an API token at once."""
-    return json_response(await ctx.ask("auth", "api_tokens.revoke", {"token_id": str(token_id)}))
+    return json_response(await ctx.relay("auth", "api_tokens.revoke", {"token_id": str(token_id)}))

@@ -36,7 +36,7 @@ _ETAG_HEADER: dict[int | str, dict[str, Any]] = {
 @router.get("/datacenters", tags=["datacenters"], response_model=list[api.DatacenterPublic])
 async def list_datacenters(ctx: CtxDep) -> Response:
     """Every datacenter with its number of hosts."""
-    return json_response(await ctx.ask("inventory", "datacenters.list"))
+    return json_response(await ctx.relay("inventory", "datacenters.list"))
 
 
 @router.post(
@@ -58,13 +58,13 @@ async def update_datacenter(
 ) -> Response:
     """Change how a datacenter weighs its hosts, or its description (admins)."""
     payload = body_of(body, datacenter=datacenter)
-    return json_response(await ctx.ask("inventory", "datacenters.update", payload))
+    return json_response(await ctx.relay("inventory", "datacenters.update", payload))
 
 
 @router.get("/hosts", tags=["hosts"], response_model=api.Page[api.HostPublic])
 async def list_hosts(ctx: CtxDep, params: Annotated[api.ListHosts, Query()]) -> Response:
     """Hosts with their capacity and claims (admins), filtered by datacenter and state."""
-    return json_response(await ctx.ask("inventory", "hosts.list", params))
+    return json_response(await ctx.relay("inventory", "hosts.list", params))
 
 
 @router.post("/hosts", tags=["hosts"], status_code=201, response_model=api.HostPublic)
@@ -91,7 +91,7 @@ async def update_host(
     host_id: UUID,
     body: HostChange,  # type: ignore[valid-type]
 ) -> Response:
-    """Change a host (state ``maintenance``/``draining``/``active``, size, labels...);
+    """Change a host (state ``active``/``maintenance``/``down``, size, labels...);
     with ``If-Match`` the change is refused (412) when the host changed since it was read."""
     payload = body_of(body, host_id=host_id, expected_version=if_match(request, required=False))
     return with_etag(await guarded(ctx.ask("inventory", "hosts.update", payload)))
@@ -100,7 +100,7 @@ async def update_host(
 @router.get("/images", tags=["images"], response_model=list[api.ImagePublic])
 async def list_images(ctx: CtxDep) -> Response:
     """Bootable images."""
-    return json_response(await ctx.ask("inventory", "images.list"))
+    return json_response(await ctx.relay("inventory", "images.list"))
 
 
 @router.post("/images", tags=["images"], status_code=201, response_model=api.ImagePublic)
@@ -113,7 +113,7 @@ async def create_image(request: Request, ctx: CtxDep, body: api.CreateImage) -> 
 @router.get("/price-tiers", tags=["prices"], response_model=list[api.PriceTierPublic])
 async def list_price_tiers(ctx: CtxDep) -> Response:
     """Price tiers with their current rates and history."""
-    return json_response(await ctx.ask("inventory", "price_tiers.list"))
+    return json_response(await ctx.relay("inventory", "price_tiers.list"))
 
 
 @router.post("/price-tiers", tags=["prices"], status_code=201, response_model=api.PriceTierPublic)
@@ -127,7 +127,7 @@ async def create_price_tier(request: Request, ctx: CtxDep, body: api.CreatePrice
 async def get_price_tier(ctx: CtxDep, price_tier_id: UUID) -> Response:
     """One tier."""
     payload = {"price_tier_id": str(price_tier_id)}
-    return json_response(await ctx.ask("inventory", "price_tiers.get", payload))
+    return json_response(await ctx.relay("inventory", "price_tiers.get", payload))
 
 
 @router.post(
@@ -136,7 +136,7 @@ async def get_price_tier(ctx: CtxDep, price_tier_id: UUID) -> Response:
 async def add_rates(ctx: CtxDep, price_tier_id: UUID, body: NewRates) -> Response:  # type: ignore[valid-type]
     """New rates from a date on; a past date corrects history and billing re-rates (admins)."""
     payload = body_of(body, price_tier_id=price_tier_id)
-    return json_response(await ctx.ask("inventory", "price_tiers.add_rates", payload))
+    return json_response(await ctx.relay("inventory", "price_tiers.add_rates", payload))
 
 
 @router.get("/instance-types", tags=["instance types"], response_model=list[api.InstanceTypePublic])
@@ -144,7 +144,7 @@ async def list_instance_types(
     ctx: CtxDep, params: Annotated[api.ListInstanceTypes, Query()]
 ) -> Response:
     """The sizes researchers can ask for, with their hourly price."""
-    return json_response(await ctx.ask("inventory", "types.list", params))
+    return json_response(await ctx.relay("inventory", "types.list", params))
 
 
 @router.post(
@@ -169,10 +169,10 @@ async def create_instance_type(
 async def retire_instance_type(ctx: CtxDep, instance_type_id: UUID) -> Response:
     """Stop offering a size (running instances keep it) (admins)."""
     payload = {"instance_type_id": str(instance_type_id)}
-    return json_response(await ctx.ask("inventory", "types.retire", payload))
+    return json_response(await ctx.relay("inventory", "types.retire", payload))
 
 
 @router.post("/admin/claims/repair", tags=["hosts"], response_model=api.RepairReport)
 async def repair_claims(ctx: CtxDep) -> Response:
     """Recount host claims from the instances and fix drift now (admins)."""
-    return json_response(await ctx.ask("inventory", "claims.repair", slow=True))
+    return json_response(await ctx.relay("inventory", "claims.repair", slow=True))

@@ -47,9 +47,10 @@ PROBLEM_SCHEMA = Problem
 
 
 def json_response(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
-    """Answer with the service's JSON as it came (it was produced from the same contract)."""
+    """Answer with JSON: the service's as it came (``bytes`` from ``relay``; it was produced
+    from the same contract the route documents), or a value to encode."""
     return Response(
-        json.dumps(data, separators=(",", ":")),
+        data if isinstance(data, bytes) else json.dumps(data, separators=(",", ":")),
         status_code=status,
         media_type="application/json",
         headers=headers,

@@ -50,7 +50,7 @@ def _at(request: Request, instance: dict[str, Any]) -> Response:
 async def list_instances(ctx: CtxDep, params: Annotated[api.ListInstances, Query()]) -> Response:
     """The instances the caller may see, filtered, sorted by creation, a page at a time
     (pass ``next_cursor`` back as ``after``)."""
-    return json_response(await ctx.ask("inventory", "instances.list", params))
+    return json_response(await ctx.relay("inventory", "instances.list", params))
 
 
 @router.post("/instances", status_code=202, response_model=api.InstancePublic)
@@ -72,7 +72,7 @@ async def request_by_requirements(
 async def get_instance(ctx: CtxDep, instance_id: UUID) -> Response:
     """One instance."""
     payload = {"instance_id": str(instance_id)}
-    return json_response(await ctx.ask("inventory", "instances.get", payload))
+    return json_response(await ctx.relay("inventory", "instances.get", payload))
 
 
 async def _act(request: Request, ctx: CtxDep, instance_id: UUID, operation: str) -> Response:
@@ -132,7 +132,7 @@ async def deny_instance(
 async def set_lease(ctx: CtxDep, instance_id: UUID, body: Lease) -> Response:  # type: ignore[valid-type]
     """Move the lease end (``null``: no lease)."""
     payload = body_of(body, instance_id=instance_id)
-    return json_response(await ctx.ask("inventory", "instances.set_lease", payload))
+    return json_response(await ctx.relay("inventory", "instances.set_lease", payload))
 
 
 @router.get("/instances/{instance_id}/usage", response_model=metering_api.UsageReport)
@@ -146,7 +146,7 @@ async def instance_usage(
     query = metering_api.UsageQuery(
         of=metering_api.UsageOf.INSTANCE, id=instance_id, since=since, until=until
     )
-    return json_response(await ctx.ask("metering", "usage.get", query))
+    return json_response(await ctx.relay("metering", "usage.get", query))
 
 
 async def _or_none(call: Any) -> Any:

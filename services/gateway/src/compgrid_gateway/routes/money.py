@@ -41,39 +41,39 @@ def _file(document: dict[str, str], disposition: str = "attachment") -> Response
 @router.get("/usage", tags=["usage"], response_model=metering_api.UsageReport)
 async def usage(ctx: CtxDep, params: Annotated[metering_api.UsageQuery, Query()]) -> Response:
     """Usage of an instance, project or budget code, hour by hour (live for open hours)."""
-    return json_response(await ctx.ask("metering", "usage.get", params))
+    return json_response(await ctx.relay("metering", "usage.get", params))
 
 
 @router.get("/costs", tags=["costs"], response_model=api.CostsReport)
 async def costs(ctx: CtxDep, params: Annotated[api.CostsQuery, Query()]) -> Response:
     """Priced charges of an instance, project or budget code: total, per resource, per day."""
-    return json_response(await ctx.ask("billing", "costs.get", params))
+    return json_response(await ctx.relay("billing", "costs.get", params))
 
 
 @router.get("/budgets", tags=["budgets"], response_model=api.BudgetList)
 async def list_budgets(ctx: CtxDep, params: Annotated[api.BudgetsQuery, Query()]) -> Response:
     """Budget codes with funding, charges, holds, what is left and when it runs out."""
-    return json_response(await ctx.ask("billing", "budgets.list", params))
+    return json_response(await ctx.relay("billing", "budgets.list", params))
 
 
 @router.get("/budgets/{budget_code_id}", tags=["budgets"], response_model=api.BudgetPublic)
 async def get_budget(ctx: CtxDep, budget_code_id: UUID) -> Response:
     """One budget code's money and forecast."""
     payload = {"budget_code_id": str(budget_code_id)}
-    return json_response(await ctx.ask("billing", "budgets.get", payload))
+    return json_response(await ctx.relay("billing", "budgets.get", payload))
 
 
 @router.get("/invoices", tags=["invoices"], response_model=api.InvoiceList)
 async def list_invoices(ctx: CtxDep, params: Annotated[api.InvoicesQuery, Query()]) -> Response:
     """Invoices, newest first, of a project or budget code (all, for admins and finance)."""
-    return json_response(await ctx.ask("billing", "invoices.list", params))
+    return json_response(await ctx.relay("billing", "invoices.list", params))
 
 
 @router.get("/invoices/{invoice_id}", tags=["invoices"], response_model=api.InvoiceDetail)
 async def get_invoice(ctx: CtxDep, invoice_id: UUID) -> Response:
     """An invoice with its lines."""
     payload = {"invoice_id": str(invoice_id)}
-    return json_response(await ctx.ask("billing", "invoices.get", payload))
+    return json_response(await ctx.relay("billing", "invoices.get", payload))
 
 
 _PDF: dict[int | str, dict[str, Any]] = {
@@ -124,19 +124,19 @@ async def resend_invoice(
 async def invoice_deliveries(ctx: CtxDep, invoice_id: UUID) -> Response:
     """Every delivery of an invoice with every attempt."""
     payload = {"invoice_id": str(invoice_id)}
-    return json_response(await ctx.ask("billing", "deliveries.list", payload))
+    return json_response(await ctx.relay("billing", "deliveries.list", payload))
 
 
 @router.get("/deliveries", tags=["invoices"], response_model=api.DeliveryList)
 async def list_deliveries(ctx: CtxDep, params: Annotated[api.DeliveriesQuery, Query()]) -> Response:
     """Deliveries in a state, newest first (admins and finance)."""
-    return json_response(await ctx.ask("billing", "deliveries.list", params))
+    return json_response(await ctx.relay("billing", "deliveries.list", params))
 
 
 @router.get("/webhooks", tags=["webhooks"], response_model=api.WebhookList)
 async def list_webhooks(ctx: CtxDep, params: Annotated[api.WebhooksQuery, Query()]) -> Response:
     """Webhook endpoints of a project (admins: also the global ones)."""
-    return json_response(await ctx.ask("billing", "webhooks.list", params))
+    return json_response(await ctx.relay("billing", "webhooks.list", params))
 
 
 @router.post("/webhooks", tags=["webhooks"], status_code=201, response_model=api.WebhookPublic)
@@ -150,19 +150,19 @@ async def create_webhook(request: Request, ctx: CtxDep, body: api.CreateWebhook)
 async def delete_webhook(ctx: CtxDep, webhook_id: UUID) -> Response:
     """Disable an endpoint (its past deliveries stay on record)."""
     payload = {"webhook_id": str(webhook_id)}
-    return json_response(await ctx.ask("billing", "webhooks.delete", payload))
+    return json_response(await ctx.relay("billing", "webhooks.delete", payload))
 
 
 @router.get("/billing/runs", tags=["billing"], response_model=api.RunList)
 async def list_runs(ctx: CtxDep) -> Response:
     """Billing runs, newest period first (admins and finance)."""
-    return json_response(await ctx.ask("billing", "runs.list"))
+    return json_response(await ctx.relay("billing", "runs.list"))
 
 
 @router.post("/billing/runs", tags=["billing"], response_model=api.RunPublic)
 async def start_run(ctx: CtxDep, body: api.StartRun) -> Response:
     """Invoice a closed period now (admins); running it again issues nothing twice."""
-    return json_response(await ctx.ask("billing", "runs.start", body, slow=True))
+    return json_response(await ctx.relay("billing", "runs.start", body, slow=True))
 
 
 @router.get("/billing/export", tags=["billing"], response_class=Response, responses=_CSV)
@@ -174,4 +174,4 @@ async def finance_export(ctx: CtxDep, params: Annotated[api.PeriodQuery, Query()
 @router.get("/billing/parked", tags=["billing"], response_model=api.ParkedList)
 async def list_parked(ctx: CtxDep, params: Annotated[api.ParkedQuery, Query()]) -> Response:
     """Usage that could not be priced yet, and why (admins and finance)."""
-    return json_response(await ctx.ask("billing", "parked.list", params))
+    return json_response(await ctx.relay("billing", "parked.list", params))

@@ -59,7 +59,7 @@ class Invited(Contract):
 @router.get("/users", tags=["users"], response_model=api.Page[api.UserPublic])
 async def list_users(ctx: CtxDep, params: Annotated[api.ListUsers, Query()]) -> Response:
     """Accounts by email, filtered by a substring and status (admins)."""
-    return json_response(await ctx.ask("auth", "users.list", params))
+    return json_response(await ctx.relay("auth", "users.list", params))
 
 
 @router.post("/users", tags=["users"], status_code=201, response_model=api.UserPublic)
@@ -76,7 +76,7 @@ async def disable_user(
     body: Annotated[UserChange | None, Body()] = None,  # type: ignore[valid-type]
 ) -> Response:
     """Disable an account: its tokens stop working everywhere at once (admins)."""
-    return json_response(await ctx.ask("auth", "users.disable", body_of(body, user_id=user_id)))
+    return json_response(await ctx.relay("auth", "users.disable", body_of(body, user_id=user_id)))
 
 
 @router.post("/users/{user_id}/enable", tags=["users"], response_model=api.UserPublic)
@@ -86,19 +86,19 @@ async def enable_user(
     body: Annotated[UserChange | None, Body()] = None,  # type: ignore[valid-type]
 ) -> Response:
     """Enable a disabled account again (admins)."""
-    return json_response(await ctx.ask("auth", "users.enable", body_of(body, user_id=user_id)))
+    return json_response(await ctx.relay("auth", "users.enable", body_of(body, user_id=user_id)))
 
 
 @router.get("/settings", tags=["users"], response_model=api.PlatformSettings)
 async def get_settings(ctx: CtxDep) -> Response:
     """Platform switches (admins)."""
-    return json_response(await ctx.ask("auth", "settings.get"))
+    return json_response(await ctx.relay("auth", "settings.get"))
 
 
 @router.put("/settings", tags=["users"], response_model=api.PlatformSettings)
 async def update_settings(ctx: CtxDep, body: api.PlatformSettings) -> Response:
     """Change platform switches (admins)."""
-    return json_response(await ctx.ask("auth", "settings.update", body))
+    return json_response(await ctx.relay("auth", "settings.update", body))
 
 
 # projects
@@ -107,7 +107,7 @@ async def update_settings(ctx: CtxDep, body: api.PlatformSettings) -> Response:
 @router.get("/projects", tags=["projects"], response_model=api.Page[api.ProjectPublic])
 async def list_projects(ctx: CtxDep, params: Annotated[api.ListProjects, Query()]) -> Response:
     """The projects the caller belongs to (all of them for admins and finance)."""
-    return json_response(await ctx.ask("auth", "projects.list", params))
+    return json_response(await ctx.relay("auth", "projects.list", params))
 
 
 @router.post("/projects", tags=["projects"], status_code=201, response_model=api.ProjectPublic)
@@ -120,7 +120,7 @@ async def create_project(request: Request, ctx: CtxDep, body: api.CreateProject)
 @router.get("/projects/{project_id}", tags=["projects"], response_model=api.ProjectPublic)
 async def get_project(ctx: CtxDep, project_id: UUID) -> Response:
     """A project with its members."""
-    return json_response(await ctx.ask("auth", "projects.get", {"project_id": str(project_id)}))
+    return json_response(await ctx.relay("auth", "projects.get", {"project_id": str(project_id)}))
 
 
 @router.put(
@@ -133,7 +133,7 @@ async def put_member(
 ) -> Response:
     """Add an account to a project or change its role there (the project's PI, admins)."""
     payload = body_of(body, project_id=project_id, user_id=user_id)
-    return json_response(await ctx.ask("auth", "projects.add_member", payload))
+    return json_response(await ctx.relay("auth", "projects.add_member", payload))
 
 
 @router.delete(
@@ -144,7 +144,7 @@ async def put_member(
 async def remove_member(ctx: CtxDep, project_id: UUID, user_id: UUID) -> Response:
     """Take an account out of a project."""
     payload = body_of(None, project_id=project_id, user_id=user_id)
-    return json_response(await ctx.ask("auth", "projects.remove_member", payload))
+    return json_response(await ctx.relay("auth", "projects.remove_member", payload))
 
 
 @router.post(
@@ -156,7 +156,7 @@ async def remove_member(ctx: CtxDep, project_id: UUID, user_id: UUID) -> Respons
 async def invite(ctx: CtxDep, project_id: UUID, body: ProjectInvite) -> Response:  # type: ignore[valid-type]
     """Invite someone by email into the project (an invitation link is mailed)."""
     return json_response(
-        await ctx.ask("auth", "projects.invite", body_of(body, project_id=project_id)), 202
+        await ctx.relay("auth", "projects.invite", body_of(body, project_id=project_id)), 202
     )
 
 
@@ -166,7 +166,7 @@ async def invite(ctx: CtxDep, project_id: UUID, body: ProjectInvite) -> Response
 async def get_policy(ctx: CtxDep, project_id: UUID) -> Response:
     """A project's quota, approval rules and default lease, and what it uses now."""
     return json_response(
-        await ctx.ask("inventory", "projects.get", {"project_id": str(project_id)})
+        await ctx.relay("inventory", "projects.get", {"project_id": str(project_id)})
     )
 
 
@@ -176,7 +176,7 @@ async def get_policy(ctx: CtxDep, project_id: UUID) -> Response:
 async def set_quota(ctx: CtxDep, project_id: UUID, body: QuotaChange) -> Response:  # type: ignore[valid-type]
     """Set a project's quota (admins)."""
     return json_response(
-        await ctx.ask("inventory", "projects.set_quota", body_of(body, project_id=project_id))
+        await ctx.relay("inventory", "projects.set_quota", body_of(body, project_id=project_id))
     )
 
 
@@ -186,7 +186,7 @@ async def set_quota(ctx: CtxDep, project_id: UUID, body: QuotaChange) -> Respons
 async def set_policy(ctx: CtxDep, project_id: UUID, body: PolicyChange) -> Response:  # type: ignore[valid-type]
     """Set when requests need the PI's approval and the default lease (the PI)."""
     return json_response(
-        await ctx.ask("inventory", "projects.set_policy", body_of(body, project_id=project_id))
+        await ctx.relay("inventory", "projects.set_policy", body_of(body, project_id=project_id))
     )
 
 
@@ -195,7 +195,9 @@ async def set_policy(ctx: CtxDep, project_id: UUID, body: PolicyChange) -> Respo
 )
 async def get_contacts(ctx: CtxDep, project_id: UUID) -> Response:
     """Who receives the project's invoices by email."""
-    return json_response(await ctx.ask("billing", "contacts.get", {"project_id": str(project_id)}))
+    return json_response(
+        await ctx.relay("billing", "contacts.get", {"project_id": str(project_id)})
+    )
 
 
 @router.put(
@@ -204,7 +206,7 @@ async def get_contacts(ctx: CtxDep, project_id: UUID) -> Response:
 async def set_contacts(ctx: CtxDep, project_id: UUID, body: ContactsChange) -> Response:  # type: ignore[valid-type]
     """Replace who besides the PI receives the project's invoices."""
     return json_response(
-        await ctx.ask("billing", "contacts.set", body_of(body, project_id=project_id))
+        await ctx.relay("billing", "contacts.set", body_of(body, project_id=project_id))
     )
 
 
@@ -216,7 +218,7 @@ async def list_budget_codes(
     ctx: CtxDep, params: Annotated[api.ListBudgetCodes, Query()]
 ) -> Response:
     """The grants of one project, or of every project the caller may see."""
-    return json_response(await ctx.ask("auth", "budget_codes.list", params))
+    return json_response(await ctx.relay("auth", "budget_codes.list", params))
 
 
 @router.post(
@@ -265,7 +267,7 @@ async def update_budget_code(
 @router.get("/audit", tags=["audit"], response_model=api.Page[api.AuditEntryPublic])
 async def list_audit(ctx: CtxDep, params: Annotated[api.ListAudit, Query()]) -> Response:
     """Who did what, when and from where, newest first (admins); page with ``before_id``."""
-    return json_response(await ctx.ask("auth", "audit.list", params))
+    return json_response(await ctx.relay("auth", "audit.list", params))
 
 
 class KeyRotation(Contract):
@@ -278,4 +280,4 @@ class KeyRotation(Contract):
 @router.post("/admin/keys/rotate", tags=["audit"], response_model=KeyRotation)
 async def rotate_keys(ctx: CtxDep) -> Response:
     """Start signing with a new key; tokens signed with the old one stay valid until expiry."""
-    return json_response(await ctx.ask("auth", "keys.rotate"))
+    return json_response(await ctx.relay("auth", "keys.rotate"))

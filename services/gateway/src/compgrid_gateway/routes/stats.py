@@ -19,7 +19,7 @@ router = APIRouter(tags=["statistics"], responses=problems())
 @router.get("/stats/utilisation", response_model=list[api.Utilisation])
 async def utilisation(ctx: CtxDep, params: Annotated[api.UtilisationQuery, Query()]) -> Response:
     """Capacity, schedulable capacity and claims per datacenter (per host when asked)."""
-    return json_response(await ctx.ask("inventory", "cluster.utilisation", params))
+    return json_response(await ctx.relay("inventory", "cluster.utilisation", params))
 
 
 @router.get("/stats/billing", response_model=billing_api.BillingStats)
@@ -27,4 +27,4 @@ async def billing_stats(
     ctx: CtxDep, params: Annotated[billing_api.StatsQuery, Query()]
 ) -> Response:
     """Earnings per day, runtime and cost by instance type, top projects and users."""
-    return json_response(await ctx.ask("billing", "stats.get", params, slow=True))
+    return json_response(await ctx.relay("billing", "stats.get", params, slow=True))
