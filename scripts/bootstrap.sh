@@ -8,9 +8,9 @@ sudo=""
 [ "$(id -u)" -eq 0 ] || sudo="sudo"
 
 # pkg-config and libvirt-dev build libvirt-python; then a local hypervisor; DejaVu is the
-# Unicode font of invoice PDFs.
+# Unicode font of invoice PDFs; wrk generates the HTTP load of the gateway benchmark.
 packages=(pkg-config libvirt-dev libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients
-    qemu-system-x86 qemu-utils fonts-dejavu-core)
+    qemu-system-x86 qemu-utils fonts-dejavu-core wrk)
 missing=()
 for p in "${packages[@]}"; do
     dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")

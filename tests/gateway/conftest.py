@@ -7,11 +7,6 @@ simulated libvirt hosts. Tests talk to it only through the gateway, like people 
 from __future__ import annotations
 
 import os
-import re
-import signal
-import subprocess
-import sys
-import threading
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -22,16 +17,15 @@ import httpx
 import pytest
 
 from compgrid_runtime.embedded import free_port
+from tests.harness.platform import start_platform, stop_platform
 from tests.harness.servers import Servers, drop_database
 
-ROOT = Path(__file__).resolve().parents[2]
 PASSWORDS = {
     "admin": ("admin@compgrid.example", "demo-admin-password"),
     "pi": ("pi@compgrid.example", "demo-pi-password"),
     "researcher": ("researcher@compgrid.example", "demo-researcher-password"),
     "finance": ("finance@compgrid.example", "demo-finance-password"),
 }
-_API_LINE = re.compile(r"API on (http://127\.0\.0\.1:\d+)")
 
 
 @dataclass
@@ -71,38 +65,6 @@ class Stack:
         return {} if who is None else {"Authorization": f"Bearer {self.token(who)}"}
 
 
-def _start(state: Path, env: dict[str, str], log: Path) -> tuple[subprocess.Popen[bytes], str]:
-    out = log.open("wb")
-    launcher = subprocess.Popen(
-        [sys.executable, "scripts/devstack.py", "--state-dir", str(state)],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-    assert launcher.stdout is not None
-    found: list[str] = []
-    ready = threading.Event()
-
-    def pump() -> None:
-        assert launcher.stdout is not None
-        for raw in iter(launcher.stdout.readline, b""):
-            out.write(raw)
-            out.flush()
-            if not found and (m := _API_LINE.search(raw.decode(errors="replace"))):
-                found.append(m.group(1))
-                ready.set()
-        ready.set()
-
-    threading.Thread(target=pump, daemon=True).start()
-    ready.wait(timeout=240)
-    if not found:
-        launcher.kill()
-        raise RuntimeError(f"the platform did not start; see {log}:\n{log.read_text()[-4000:]}")
-    return launcher, found[0]
-
-
 @pytest.fixture(scope="session")
 async def stack(
     real: Servers,
@@ -121,16 +83,11 @@ async def stack(
         "COMPGRID_PROVISIONER_TICK_INTERVAL_S": "2",  # usage shows up within seconds
     }
     env.pop("COMPGRID_NATS_URL", None)  # NATS from the wheel, one user per service
-    launcher, base_url = _start(state, env, state / "platform.log")
+    launcher, base_url = start_platform(state, env)
     try:
         yield Stack(base_url, state, database_url, state / "platform.log")
     finally:
-        launcher.send_signal(signal.SIGTERM)
-        try:
-            launcher.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            os.killpg(launcher.pid, signal.SIGKILL)
-            launcher.wait()
+        stop_platform(launcher)
         await drop_database(_servers[1], f"{name}_gw")
 
 
