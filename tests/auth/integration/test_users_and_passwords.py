@@ -488,7 +488,7 @@ async def test_a_weak_new_password_does_not_use_up_the_reset_token(auth: AuthHar
     token = await _reset_token(auth, email)
     weak = await auth.refused("reset_password", {"token": token, "new_password": "weak"})
     assert weak.status == 422
-    assert weak.field == "password"
+    assert weak.field == "new_password"
     assert await auth.login(email)  # unchanged
     await auth.call("reset_password", {"token": token, "new_password": NEW_PASSWORD})
     assert await auth.login(email, NEW_PASSWORD)
@@ -525,7 +525,7 @@ async def test_change_password_needs_the_current_one_and_ends_sessions(auth: Aut
         token=access,
     )
     assert weak.status == 422
-    assert weak.field == "password"
+    assert weak.field == "new_password"
     # neither attempt changed anything
     assert (await auth.call("refresh", {"refresh_token": session["refresh_token"]}))[
         "refresh_token"

@@ -11,14 +11,22 @@ from decimal import Decimal
 from typing import Annotated, Generic, TypeVar
 from uuid import UUID
 
-from pydantic import Field
+from pydantic import Field, StringConstraints
 
 from compgrid_events.auth import BudgetCodeStatus, HardLimitBehaviour, ProjectRole, Role
-from compgrid_events.base import Contract, Currency, Money
+from compgrid_events.base import Contract, Currency, Money, MoneyLimit, UtcDatetime
 
 Email = Annotated[str, Field(min_length=3, max_length=254)]
 Password = Annotated[str, Field(min_length=1, max_length=1024)]
-Name = Annotated[str, Field(min_length=1, max_length=200)]
+NewPassword = Annotated[
+    str,
+    Field(
+        min_length=12,
+        max_length=128,
+        description="12 to 128 characters, at least 5 different ones, not a common password",
+    ),
+]
+Name = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200)]
 Secret = Annotated[str, Field(min_length=1, max_length=512)]
 Limit = Annotated[int, Field(ge=1, le=500)]
 T = TypeVar("T")
@@ -57,7 +65,7 @@ class CreateUser(Contract):
 
     email: Email
     display_name: Name
-    password: Password
+    password: NewPassword
     roles: tuple[Role, ...] = (Role.MEMBER,)
 
 
@@ -66,7 +74,7 @@ class Register(Contract):
 
     email: Email
     display_name: Name
-    password: Password
+    password: NewPassword
 
 
 class UserPublic(Contract):
@@ -113,7 +121,7 @@ class ChangePassword(Contract):
     """The caller changes their own password."""
 
     current_password: Password
-    new_password: Password
+    new_password: NewPassword
 
 
 class RequestPasswordReset(Contract):
@@ -126,7 +134,7 @@ class ResetPassword(Contract):
     """Set a new password with the emailed token."""
 
     token: Secret
-    new_password: Password
+    new_password: NewPassword
 
 
 class AcceptInvitation(Contract):
@@ -134,7 +142,7 @@ class AcceptInvitation(Contract):
 
     token: Secret
     display_name: Name
-    password: Password
+    password: NewPassword
 
 
 class PlatformSettings(Contract):
@@ -148,7 +156,7 @@ class CreateProject(Contract):
 
     name: Name
     pi_user_id: UUID | None = None
-    requires_approval_above: Money | None = None
+    requires_approval_above: MoneyLimit | None = None
     default_lease_hours: int | None = Field(default=None, gt=0, le=24 * 366)
 
 
@@ -259,8 +267,8 @@ class ListBudgetCodes(Contract):
 class CreateApiToken(Contract):
     """A named token for scripts; the secret is shown once."""
 
-    name: Name
-    expires_at: datetime | None = None
+    name: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=100)]
+    expires_at: UtcDatetime | None = None
 
 
 class ApiTokenPublic(Contract):

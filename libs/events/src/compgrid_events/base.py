@@ -58,6 +58,13 @@ class Money(Contract):
     currency: Currency
 
 
+class MoneyLimit(Money):
+    """A non-negative amount a rule compares against, as large as the stores keep (twelve
+    digits before the point, six after)."""
+
+    amount: Decimal = Field(ge=0, max_digits=18, decimal_places=6)
+
+
 class Event(Contract):
     """Base of every event: UUIDv7 id, UTC time, schema version, subject and stream."""
 

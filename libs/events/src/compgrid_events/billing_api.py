@@ -189,6 +189,12 @@ class PeriodQuery(Contract):
     period_start: UtcDatetime
     period_end: UtcDatetime
 
+    @model_validator(mode="after")
+    def _ordered(self) -> PeriodQuery:
+        if self.period_end <= self.period_start:
+            raise ValueError("period_end must be after period_start")
+        return self
+
 
 class StartRun(PeriodQuery):
     """Invoice a closed period (admins)."""

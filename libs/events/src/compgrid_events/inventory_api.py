@@ -14,13 +14,14 @@ from uuid import UUID
 from pydantic import AfterValidator, Field, StringConstraints
 
 from compgrid_events.auth_api import Limit, Page
-from compgrid_events.base import Contract, Currency, Money, RoutingToken, UtcDatetime
+from compgrid_events.base import Contract, Currency, Money, MoneyLimit, RoutingToken, UtcDatetime
 from compgrid_events.inventory import HostState, InstanceState
 
 Name = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")]
 """A name people type and the provisioner uses in domain names: no spaces, no slashes."""
 Text = Annotated[str, Field(max_length=500)]
-Rate = Annotated[Decimal, Field(ge=0, max_digits=18, decimal_places=6)]
+Rate = Annotated[Decimal, Field(ge=0, le=1_000_000, max_digits=18, decimal_places=6)]
+"""A price per unit-hour: at most a million, so a type's price and its holds stay storable."""
 Vcpus = Annotated[int, Field(gt=0, le=1024)]
 MemoryMib = Annotated[int, Field(gt=0, le=16 * 1024 * 1024)]
 DiskGib = Annotated[int, Field(ge=0, le=1024 * 1024)]
@@ -405,7 +406,7 @@ class SetPolicy(Contract):
     """A project's PI sets when requests need approval and the default lease."""
 
     project_id: UUID
-    requires_approval_above: Money | None = None
+    requires_approval_above: MoneyLimit | None = None
     approval_for_gpus: bool = False
     default_lease_hours: int | None = Field(default=None, gt=0, le=24 * 366)
 

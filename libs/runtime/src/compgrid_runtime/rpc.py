@@ -128,14 +128,22 @@ class RpcServer:
         """Answer one request (never raises)."""
         try:
             request = RpcRequest.model_validate_json(data)
+        except ValidationError:
+            error = RpcError(status=400, code="bad_request", message="malformed request envelope")
+            return RpcReply(ok=False, error=error)
+        try:
             caller = self._caller(route, request)
             body = _validate(route.body, request.body)
             result = await route.handler(caller, body)
         except DomainError as exc:
             error = RpcError(status=exc.status, code=exc.code, message=exc.message, field=exc.field)
             return RpcReply(ok=False, error=error)
-        except ValidationError:
-            error = RpcError(status=400, code="bad_request", message="malformed request envelope")
+        except ValidationError as exc:
+            # a value derived from valid input breaks a contract (e.g. a date out of range)
+            log.warning("derived value refused", subject=route.subject, error=str(exc))
+            first = exc.errors()[0]
+            where = ".".join(str(p) for p in first["loc"]) or None
+            error = RpcError(status=422, code="invalid", message=first["msg"], field=where)
             return RpcReply(ok=False, error=error)
         except Exception:
             log.exception("request failed", subject=route.subject)

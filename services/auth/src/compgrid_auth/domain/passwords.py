@@ -27,13 +27,13 @@ COMMON = frozenset(
 )
 
 
-def check_password(password: str, *, email: str = "") -> None:
-    """Raise Invalid (naming the ``password`` field) unless the password is acceptable."""
+def check_password(password: str, *, email: str = "", field: str = "password") -> None:
+    """Raise Invalid (naming ``field``) unless the password is acceptable."""
     if len(password) > MAX_LENGTH:
-        raise Invalid(f"password: at most {MAX_LENGTH} characters", field="password")
+        raise Invalid(f"{field}: at most {MAX_LENGTH} characters", field=field)
     if len(password) < MIN_LENGTH:
-        raise Invalid(f"password: at least {MIN_LENGTH} characters", field="password")
+        raise Invalid(f"{field}: at least {MIN_LENGTH} characters", field=field)
     if len(set(password)) < 5:
-        raise Invalid("password: use at least 5 different characters", field="password")
+        raise Invalid(f"{field}: use at least 5 different characters", field=field)
     if password.lower() in COMMON or (email and password.lower() == email.lower()):
-        raise Invalid("password: too easy to guess", field="password")
+        raise Invalid(f"{field}: too easy to guess", field=field)

@@ -11,13 +11,16 @@ from compgrid_auth.use_cases.audit import record
 from compgrid_auth.use_cases.deps import Deps
 from compgrid_events import uuid7
 from compgrid_events.auth_api import ApiTokenCreated, ApiTokenPublic, ApiTokenRef, CreateApiToken
-from compgrid_runtime.errors import Conflict, NotFound
+from compgrid_events.base import utc_now
+from compgrid_runtime.errors import Conflict, Invalid, NotFound
 from compgrid_runtime.rpc import Caller
 
 
 async def create_api_token(deps: Deps, caller: Caller, body: CreateApiToken) -> ApiTokenCreated:
     """Create a token with the caller's rights; its secret is in this answer only."""
     principal = caller.require()
+    if body.expires_at is not None and body.expires_at <= utc_now():
+        raise Invalid("expires_at: a new token must expire in the future", field="expires_at")
     secret = new_secret("cgt")
     async with deps.uow() as uow:
         statement = (

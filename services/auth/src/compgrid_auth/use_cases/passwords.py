@@ -35,9 +35,15 @@ RESET_SENT = {"message": "if the account exists, a reset link is on its way"}
 
 
 async def _set_password(
-    deps: Deps, uow: UnitOfWork, user: Any, password: str, *, activate: bool = False
+    deps: Deps,
+    uow: UnitOfWork,
+    user: Any,
+    password: str,
+    *,
+    activate: bool = False,
+    field: str = "password",
 ) -> None:
-    check_password(password, email=user.email)
+    check_password(password, email=user.email, field=field)
     values: dict[str, Any] = {"password_hash": await deps.hasher.hash(password)}
     if activate:
         values["status"] = "active"
@@ -60,7 +66,7 @@ async def change_password(deps: Deps, caller: Caller, body: ChangePassword) -> d
         user = await get_user(uow.session, principal.user_id, lock=True)
         if not await deps.hasher.verify(user.password_hash, body.current_password):
             raise Invalid("current_password: does not match", field="current_password")
-        await _set_password(deps, uow, user, body.new_password)
+        await _set_password(deps, uow, user, body.new_password, field="new_password")
         await record(uow, caller, "user.password_change", "user", user.id)
         await uow.commit()
     return {"changed": True}
@@ -144,7 +150,7 @@ async def reset_password(deps: Deps, caller: Caller, body: ResetPassword) -> dic
         user = await get_user(uow.session, used.user_id, lock=True)
         if user.status != "active":
             raise Unauthorized("invalid or expired token", code="invalid_token")
-        await _set_password(deps, uow, user, body.new_password)
+        await _set_password(deps, uow, user, body.new_password, field="new_password")
         await record(uow, caller, "user.password_reset", "user", user.id, actor_id=user.id)
         await uow.commit()
     return {"changed": True}

@@ -214,7 +214,7 @@ async def invite(deps: Deps, caller: Caller, body: Invite) -> dict[str, Any]:
                 uow,
                 caller,
                 email=email,
-                display_name=email,
+                display_name=email[:200],  # until the invitee names themselves
                 password=None,
                 roles=(Role.MEMBER,),
                 status="invited",
