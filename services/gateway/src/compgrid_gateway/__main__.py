@@ -23,6 +23,8 @@ def main() -> None:
         port=settings.api_port,
         log_config=None,
         access_log=settings.access_log,
+        proxy_headers=bool(settings.trusted_proxies),
+        forwarded_allow_ips=settings.trusted_proxies or None,
     )
 
 

@@ -33,6 +33,20 @@ stable `code`. Commands answer 202 with a `Location`; follow changes on
 and `limit`. Send `Idempotency-Key` on POSTs you may retry and `If-Match` on updates."""
 
 ROUTERS = (auth, people, catalog, instances, money, stats)
+PUBLIC_OPERATIONS = {
+    ("post", f"{API}/auth/{name}")
+    for name in (
+        "login",
+        "refresh",
+        "logout",
+        "token",
+        "register",
+        "password-reset",
+        "password-reset/confirm",
+        "invitations/accept",
+    )
+}
+"""What anyone may call without a token (the auth service decides the rest)."""
 
 
 def create_app(settings: Settings) -> FastAPI:
@@ -105,6 +119,10 @@ def create_app(settings: Settings) -> FastAPI:
                 "bearer": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"}
             }
             schema["security"] = [{"bearer": []}]
+            for path, item in schema["paths"].items():
+                for method, operation in item.items():
+                    if (method, path) in PUBLIC_OPERATIONS or not path.startswith(API):
+                        operation["security"] = []
             app.openapi_schema = schema
         return app.openapi_schema
 

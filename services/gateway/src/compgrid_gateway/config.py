@@ -31,3 +31,7 @@ class Settings(ServiceSettings):
     idempotency_prefix: str = "compgrid:gateway:idem:"
     sse_keepalive_s: float = Field(default=15.0, gt=0, le=300)
     access_log: bool = False
+    trusted_proxies: list[str] = Field(
+        default_factory=list,
+        description="addresses of reverse proxies whose X-Forwarded-For names the client",
+    )

@@ -230,6 +230,19 @@ class Edge:
                     ),
                     receive,
                 )
+            try:
+                body.decode("utf-8")
+            except UnicodeDecodeError:
+                return (
+                    problem(
+                        400,
+                        "the body is not UTF-8 (JSON must be)",
+                        code="malformed_json",
+                        instance=path,
+                        request_id=rid,
+                    ),
+                    receive,
+                )
             if bad_body_text(body):
                 return (
                     problem(

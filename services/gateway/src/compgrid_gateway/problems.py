@@ -12,9 +12,10 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
+from starlette.routing import Match
 
 from compgrid_runtime.errors import DomainError
 from compgrid_runtime.logs import get_logger
@@ -142,6 +143,16 @@ def _field(loc: Any) -> str | None:
     return ".".join(parts) or None
 
 
+def allowed_methods(app: FastAPI, request: Request) -> list[str]:
+    """Every method some route serves on the request's path (for ``Allow``)."""
+    methods: set[str] = set()
+    for route in app.router.routes:
+        match, _ = route.matches(request.scope)
+        if match is not Match.NONE:  # PARTIAL: the path matches, the method does not
+            methods |= set(getattr(route, "methods", None) or ())
+    return sorted(methods)
+
+
 def install(app: FastAPI) -> None:
     """Turn every error the application can raise into a problem document."""
 
@@ -184,19 +195,36 @@ def install(app: FastAPI) -> None:
             request_id=_request_id(request),
         )
 
+    @app.exception_handler(ValidationError)
+    async def derived_invalid(request: Request, exc: ValidationError) -> Response:
+        # input that passed the route's checks but breaks a contract built from it
+        first = exc.errors()[0]
+        where = _field(first.get("loc", ()))
+        message = str(first.get("msg", "invalid request"))
+        return problem(
+            422,
+            f"{where}: {message}" if where else message,
+            code="invalid",
+            field=where,
+            instance=request.url.path,
+            request_id=_request_id(request),
+        )
+
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
         detail = exc.detail if isinstance(exc.detail, str) else TITLES.get(exc.status_code, "")
         if exc.status_code == 404 and detail == "Not Found":
             detail = f"no such endpoint: {request.method} {request.url.path}"
-        elif exc.status_code == 405:
+        headers = dict(exc.headers or {})
+        if exc.status_code == 405:
             detail = f"{request.method} is not allowed on {request.url.path}"
+            headers["Allow"] = ", ".join(allowed_methods(app, request))
         return problem(
             exc.status_code,
             detail,
             instance=request.url.path,
             request_id=_request_id(request),
-            headers=dict(exc.headers or {}),
+            headers=headers,
         )
 
     @app.exception_handler(Exception)

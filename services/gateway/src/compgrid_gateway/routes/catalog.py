@@ -14,8 +14,8 @@ from compgrid_gateway.backend import CtxDep
 from compgrid_gateway.routes.common import (
     body_of,
     created,
+    expected_version,
     guarded,
-    if_match,
     json_response,
     problems,
     with_etag,
@@ -93,7 +93,12 @@ async def update_host(
 ) -> Response:
     """Change a host (state ``active``/``maintenance``/``down``, size, labels...);
     with ``If-Match`` the change is refused (412) when the host changed since it was read."""
-    payload = body_of(body, host_id=host_id, expected_version=if_match(request, required=False))
+    ctx.principal()  # who asks comes before whether the version matches
+    ref = {"host_id": str(host_id)}
+    version = await expected_version(
+        request, required=False, current=lambda: ctx.ask("inventory", "hosts.get", ref)
+    )
+    payload = body_of(body, host_id=host_id, expected_version=version)
     return with_etag(await guarded(ctx.ask("inventory", "hosts.update", payload)))
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from fastapi import Request
@@ -88,8 +89,13 @@ def with_etag(data: dict[str, Any], status: int = 200) -> Response:
     return json_response(data, status, {"ETag": etag(int(data["version"]))})
 
 
-def if_match(request: Request, *, required: bool) -> int | None:
-    """The version an update expects, from ``If-Match`` (428 when required and absent)."""
+ANY = "*"
+
+
+def if_match(request: Request, *, required: bool) -> str | frozenset[int] | None:
+    """The versions ``If-Match`` accepts: ``None`` without the header (428 when required),
+    ``"*"`` for any, else the set of versions it lists. Weak tags never match (RFC 9110
+    13.1.1 compares strongly), and neither do tags this API did not give out: both 412."""
     header = request.headers.get("if-match")
     if header is None:
         if required:
@@ -99,13 +105,36 @@ def if_match(request: Request, *, required: bool) -> int | None:
                 field="If-Match",
             )
         return None
-    value = header.strip()
-    if value.startswith("W/"):
-        value = value[2:]
-    value = value.strip('"')
-    if not value.isdigit() or not 0 < int(value) < 2**31:
-        raise HttpProblem(412, "If-Match is not an ETag of this resource", field="If-Match")
-    return int(value)
+    tags = [tag.strip() for tag in header.split(",") if tag.strip()]
+    if tags == [ANY]:
+        return ANY
+    versions = set()
+    for tag in tags:
+        value = tag[1:-1] if len(tag) >= 2 and tag[0] == tag[-1] == '"' else ""
+        if not value.isdigit() or not 0 < int(value) < 2**31:
+            raise HttpProblem(
+                412, "If-Match holds no current strong ETag of this resource", field="If-Match"
+            )
+        versions.add(int(value))
+    if not versions:
+        raise HttpProblem(412, "If-Match holds no ETag", field="If-Match")
+    return frozenset(versions)
+
+
+async def expected_version(
+    request: Request, *, required: bool, current: Callable[[], Awaitable[Any]]
+) -> int | None:
+    """The version an update may apply to, from ``If-Match``: the one it names, or (for ``*``
+    or a list) the current version when ``If-Match`` accepts it; 412 otherwise."""
+    accepted = if_match(request, required=required)
+    if accepted is None:
+        return None
+    if isinstance(accepted, frozenset) and len(accepted) == 1:
+        return next(iter(accepted))
+    now = int((await current())["version"])
+    if accepted == ANY or now in accepted:
+        return now
+    raise HttpProblem(412, "the resource changed since it was read", field="If-Match")
 
 
 async def guarded(call: Any) -> Any:

@@ -19,8 +19,8 @@ from compgrid_gateway.backend import CtxDep
 from compgrid_gateway.routes.common import (
     body_of,
     created,
+    expected_version,
     guarded,
-    if_match,
     json_response,
     problems,
     with_etag,
@@ -256,7 +256,11 @@ async def update_budget_code(
     body: BudgetCodeChange,  # type: ignore[valid-type]
 ) -> Response:
     """Change a grant; ``If-Match`` with the ETag read is required."""
-    version = if_match(request, required=True)
+    ctx.principal()  # who asks comes before whether the version matches
+    ref = {"budget_code_id": str(budget_code_id)}
+    version = await expected_version(
+        request, required=True, current=lambda: ctx.ask("auth", "budget_codes.get", ref)
+    )
     payload = body_of(body, budget_code_id=budget_code_id, expected_version=version)
     return with_etag(await guarded(ctx.ask("auth", "budget_codes.update", payload)))
 
