@@ -203,8 +203,12 @@ def _pump(name: str, colour: str, stream: IO[bytes]) -> None:
 
 def start_services(stack: Stack, urls: dict[str, str], passwords: dict[str, str]) -> None:
     """Start every service as its own process, its output prefixed with its name."""
+    taken: set[int] = set()
     for index, service in enumerate(SERVICES):
         port = free_port()
+        while port in taken:  # a port just closed may be handed out again
+            port = free_port()
+        taken.add(port)
         env = service_env(service, urls, port, passwords)
         if service == "gateway":
             env.setdefault("COMPGRID_GATEWAY_API_PORT", "8000")
