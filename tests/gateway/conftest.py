@@ -81,6 +81,12 @@ async def stack(
         "COMPGRID_REDIS_URL": real.redis_url,
         "COMPGRID_GATEWAY_API_PORT": str(free_port()),
         "COMPGRID_PROVISIONER_TICK_INTERVAL_S": "2",  # usage shows up within seconds
+        # Redis keys of this platform only (login throttling, idempotency records)
+        "COMPGRID_AUTH_REDIS_PREFIX": f"{real.redis_prefix}gw:auth:",
+        "COMPGRID_METERING_REDIS_PREFIX": f"{real.redis_prefix}gw:metering:",
+        "COMPGRID_GATEWAY_IDEMPOTENCY_PREFIX": f"{real.redis_prefix}gw:idem:",
+        # the tests stand in for a reverse proxy: X-Forwarded-For names the client
+        "COMPGRID_GATEWAY_TRUSTED_PROXIES": '["127.0.0.1"]',
     }
     env.pop("COMPGRID_NATS_URL", None)  # NATS from the wheel, one user per service
     launcher, base_url = start_platform(state, env)

@@ -263,3 +263,17 @@ def test_researchers_may_not_list_hosts(researcher: Cli) -> None:
 
     assert done.returncode == 3
     assert "(forbidden)" in done.stderr
+
+
+def test_a_rerun_with_the_same_idempotency_key_creates_nothing_new(researcher: Cli) -> None:
+    key = uuid.uuid4().hex
+    name = f"rerun-{key[:6]}"
+    first = _request(researcher, name, "--idempotency-key", key, "--json")
+    again = _request(researcher, name, "--idempotency-key", key, "--json")
+    assert first.returncode == again.returncode == 0, first.stderr + again.stderr
+    assert json.loads(again.stdout)["id"] == json.loads(first.stdout)["id"]
+    listed = researcher.json("instances", "list", "--mine", "--all")["items"]
+    assert [i["name"] for i in listed].count(name) == 1
+    other = _request(researcher, f"{name}-b", "--idempotency-key", key)
+    assert other.returncode == 2, other.stderr  # the key was used for another request
+    assert "idempotency_key_reused" in other.stderr

@@ -60,9 +60,16 @@ def _request(if_match_value: str | None) -> Request:
     return Request({"type": "http", "method": "PATCH", "headers": headers, "path": "/"})
 
 
-@pytest.mark.parametrize(("value", "version"), [('"3"', 3), ('W/"12"', 12), ("7", 7)])
-def test_if_match_reads_the_version(value: str, version: int) -> None:
-    assert if_match(_request(value), required=True) == version
+@pytest.mark.parametrize(
+    ("value", "versions"),
+    [('"3"', {3}), ('"3", "12"', {3, 12}), ('"3","4" ,"5"', {3, 4, 5})],
+)
+def test_if_match_reads_the_versions(value: str, versions: set[int]) -> None:
+    assert if_match(_request(value), required=True) == frozenset(versions)
+
+
+def test_if_match_any() -> None:
+    assert if_match(_request("*"), required=True) == "*"
 
 
 def test_if_match_missing_is_428_when_required_and_none_otherwise() -> None:
@@ -72,7 +79,9 @@ def test_if_match_missing_is_428_when_required_and_none_otherwise() -> None:
     assert raised.value.status == 428
 
 
-@pytest.mark.parametrize("value", ['"abc"', "*", '"0"', '"-1"', '"99999999999"'])
+@pytest.mark.parametrize(
+    "value", ['"abc"', '"0"', '"-1"', '"99999999999"', "7", 'W/"12"', '"3", W/"4"', ","]
+)
 def test_if_match_that_is_no_version_is_412(value: str) -> None:
     with pytest.raises(HttpProblem) as raised:
         if_match(_request(value), required=False)

@@ -144,9 +144,13 @@ class Api:
         """GET a JSON resource."""
         return self.request("GET", path, params=params).json()
 
-    def post(self, path: str, body: Any = None, *, auth: bool = True) -> Any:
-        """POST a command (with an ``Idempotency-Key``); its JSON answer, None when empty."""
-        response = self.request("POST", path, body=body, auth=auth)
+    def post(
+        self, path: str, body: Any = None, *, auth: bool = True, key: str | None = None
+    ) -> Any:
+        """POST a command with an ``Idempotency-Key`` (``key``, else a new one); its JSON
+        answer, None when empty."""
+        headers = {"Idempotency-Key": key} if key else None
+        response = self.request("POST", path, body=body, auth=auth, headers=headers)
         return response.json() if response.content else None
 
     def patch(self, path: str, body: Any, *, if_match: str | None = None) -> Any:

@@ -143,6 +143,13 @@ def request(
     wait: WaitOpt = False,
     timeout: TimeoutOpt = 600,
     as_json: JsonOpt = False,
+    idempotency_key: Annotated[
+        str | None,
+        typer.Option(
+            help="Reuse this key when re-running after a time-out: the platform answers with "
+            "the instance the first run created instead of creating another."
+        ),
+    ] = None,
 ) -> None:
     """Ask for an instance; it is placed and started, or waits for the PI's approval."""
     client = api(ctx)
@@ -156,7 +163,7 @@ def request(
         datacenter=datacenter,
         ssh_public_key=_read_key(ssh_key) if ssh_key else None,
     )
-    instance = client.post("/instances", body)
+    instance = client.post("/instances", body, key=idempotency_key)
     if wait and instance["state"] == State.PENDING_APPROVAL:
         output.note("the request waits for the project PI's approval")
     finish(client, instance, as_json=as_json, wait=_goal(wait, "running"), timeout_s=timeout)
