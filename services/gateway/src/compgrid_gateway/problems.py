@@ -8,6 +8,7 @@ not answer becomes 503 (nothing listening) or 504 (no answer in time), never a h
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -15,7 +16,7 @@ from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, Field, ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
-from starlette.routing import Match
+from starlette.routing import compile_path
 
 from compgrid_runtime.errors import DomainError
 from compgrid_runtime.logs import get_logger
@@ -145,12 +146,18 @@ def _field(loc: Any) -> str | None:
 
 def allowed_methods(app: FastAPI, request: Request) -> list[str]:
     """Every method some route serves on the request's path (for ``Allow``)."""
-    methods: set[str] = set()
-    for route in app.router.routes:
-        match, _ = route.matches(request.scope)
-        if match is not Match.NONE:  # PARTIAL: the path matches, the method does not
-            methods |= set(getattr(route, "methods", None) or ())
-    return sorted(methods)
+    table: list[tuple[re.Pattern[str], set[str]]] | None = getattr(app.state, "methods", None)
+    if table is None:
+        table = [
+            (compile_path(path)[0], {m.upper() for m in item})
+            for path, item in app.openapi()["paths"].items()
+        ]
+        app.state.methods = table
+    path = request.url.path
+    found = {m for regex, methods in table if regex.match(path) for m in methods}
+    if "GET" in found:
+        found.add("HEAD")
+    return sorted(found)
 
 
 def install(app: FastAPI) -> None:
