@@ -197,68 +197,41 @@ def show(
     finish(client, instance, as_json=as_json, wait=settled, timeout_s=timeout)
 
 
-def _act(
-    ctx: typer.Context,
-    instance_id: str,
-    action: str,
-    goal: frozenset[str] | None,
-    *,
-    as_json: bool,
-    timeout_s: float,
-) -> None:
-    client = api(ctx)
-    instance = client.post(f"/instances/{instance_id}/{action}")
-    finish(client, instance, as_json=as_json, wait=goal, timeout_s=timeout_s)
+LIFECYCLE = (
+    ("start", "running", "Start a stopped instance (--wait: until running)."),
+    (
+        "stop",
+        "stopped",
+        "Stop a running instance; its disk stays, and is charged (--wait: until stopped).",
+    ),
+    ("reboot", "running", "Reboot a running instance (it stays running throughout)."),
+    ("delete", "deleted", "Delete an instance and its disk (--wait: until deleted)."),
+)
 
 
-@app.command()
-def start(
-    ctx: typer.Context,
-    instance_id: IdArg,
-    wait: WaitOpt = False,
-    timeout: TimeoutOpt = 600,
-    as_json: JsonOpt = False,
-) -> None:
-    """Start a stopped instance (--wait: until running)."""
-    _act(ctx, instance_id, "start", _goal(wait, "running"), as_json=as_json, timeout_s=timeout)
+def _lifecycle(action: str, goal: str, doc: str) -> None:
+    """Register ``instances <action> ID [--wait]``: one command per lifecycle action."""
+
+    def command(
+        ctx: typer.Context,
+        instance_id: IdArg,
+        wait: WaitOpt = False,
+        timeout: TimeoutOpt = 600,
+        as_json: JsonOpt = False,
+    ) -> None:
+        client = api(ctx)
+        if action == "delete":
+            instance = client.delete(f"/instances/{instance_id}")
+        else:
+            instance = client.post(f"/instances/{instance_id}/{action}")
+        finish(client, instance, as_json=as_json, wait=_goal(wait, goal), timeout_s=timeout)
+
+    command.__doc__ = doc
+    app.command(action)(command)
 
 
-@app.command()
-def stop(
-    ctx: typer.Context,
-    instance_id: IdArg,
-    wait: WaitOpt = False,
-    timeout: TimeoutOpt = 600,
-    as_json: JsonOpt = False,
-) -> None:
-    """Stop a running instance; its disk stays, and is charged (--wait: until stopped)."""
-    _act(ctx, instance_id, "stop", _goal(wait, "stopped"), as_json=as_json, timeout_s=timeout)
-
-
-@app.command()
-def reboot(
-    ctx: typer.Context,
-    instance_id: IdArg,
-    wait: WaitOpt = False,
-    timeout: TimeoutOpt = 600,
-    as_json: JsonOpt = False,
-) -> None:
-    """Reboot a running instance (it stays running throughout)."""
-    _act(ctx, instance_id, "reboot", _goal(wait, "running"), as_json=as_json, timeout_s=timeout)
-
-
-@app.command()
-def delete(
-    ctx: typer.Context,
-    instance_id: IdArg,
-    wait: WaitOpt = False,
-    timeout: TimeoutOpt = 600,
-    as_json: JsonOpt = False,
-) -> None:
-    """Delete an instance and its disk (--wait: until deleted)."""
-    client = api(ctx)
-    instance = client.delete(f"/instances/{instance_id}")
-    finish(client, instance, as_json=as_json, wait=_goal(wait, "deleted"), timeout_s=timeout)
+for _action, _goal_state, _doc in LIFECYCLE:
+    _lifecycle(_action, _goal_state, _doc)
 
 
 @app.command()
