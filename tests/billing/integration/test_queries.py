@@ -473,6 +473,19 @@ async def test_invoices_documents_export_and_billing_runs(
     assert [i["budget_code_id"] for i in of_b["invoices"]] == [str(team.b.budget_code_id)]
     every = await billing.call("invoices.list", {}, team.finance)
     assert len(every["invoices"]) == 3
+    assert every["next_cursor"] is None
+    paged, cursor = [], None
+    for _ in range(3):
+        page = await billing.call(
+            "invoices.list", {"limit": 2, **({"after": cursor} if cursor else {})}, team.finance
+        )
+        paged += page["invoices"]
+        cursor = page["next_cursor"]
+        if cursor is None:
+            break
+    assert [i["number"] for i in paged] == [i["number"] for i in every["invoices"]]
+    bad = await billing.refused("invoices.list", {"after": "x1"}, team.finance)
+    assert (bad.status, bad.field) == (422, "after")
 
     line_count = 0
     lines_by_number: dict[str, dict[tuple[UUID, str, str], Decimal]] = {}

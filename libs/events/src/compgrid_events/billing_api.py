@@ -120,6 +120,9 @@ class InvoicesQuery(Contract):
 
     project_id: UUID | None = None
     budget_code_id: UUID | None = None
+    after: str | None = Field(
+        default=None, max_length=20, description="cursor: the previous page's next_cursor"
+    )
     limit: int = Field(default=100, ge=1, le=1000)
 
 
@@ -169,9 +172,10 @@ class InvoiceDetail(InvoiceSummary):
 
 
 class InvoiceList(Contract):
-    """Invoices, newest first."""
+    """Invoices, newest first, and the cursor of the next page (None at the end)."""
 
     invoices: list[InvoiceSummary]
+    next_cursor: str | None = None
 
 
 class Document(Contract):

@@ -39,7 +39,7 @@ from compgrid_billing.use_cases.deps import Deps
 from compgrid_events import billing_api as api
 from compgrid_events.base import Money, utc_now
 from compgrid_runtime.access import require_role
-from compgrid_runtime.errors import Forbidden, NotFound
+from compgrid_runtime.errors import Forbidden, Invalid, NotFound
 from compgrid_runtime.rpc import Caller
 from compgrid_runtime.tokens import Principal
 
@@ -263,9 +263,13 @@ async def get_budget(deps: Deps, caller: Caller, body: api.BudgetRef) -> api.Bud
 
 
 async def list_invoices(deps: Deps, caller: Caller, body: api.InvoicesQuery) -> api.InvoiceList:
-    """Invoices, newest first."""
+    """Invoices, newest first, a page at a time."""
     principal = caller.require()
-    query = select(invoice).order_by(invoice.c.sequence.desc()).limit(body.limit)
+    query = select(invoice).order_by(invoice.c.sequence.desc()).limit(body.limit + 1)
+    if body.after is not None:
+        if not body.after.isdigit():
+            raise Invalid("after: not a cursor this list gave out", field="after")
+        query = query.where(invoice.c.sequence < int(body.after))
     project_id = body.project_id
     async with deps.uow() as uow:
         if body.budget_code_id is not None:
@@ -281,7 +285,12 @@ async def list_invoices(deps: Deps, caller: Caller, body: api.InvoicesQuery) -> 
         if project_id is not None:
             query = query.where(invoice.c.project_id == project_id)
         rows = (await uow.session.execute(query)).all()
-    return api.InvoiceList(invoices=[reply(api.InvoiceSummary, r, invoice_id=r.id) for r in rows])
+    more = len(rows) > body.limit
+    rows = rows[: body.limit]
+    return api.InvoiceList(
+        invoices=[reply(api.InvoiceSummary, r, invoice_id=r.id) for r in rows],
+        next_cursor=str(rows[-1].sequence) if more else None,
+    )
 
 
 async def _readable_invoice(deps: Deps, caller: Caller, invoice_id: UUID) -> InvoiceDocument:
