@@ -61,6 +61,10 @@ class Hub:
             event = json.loads(msg.data)
         except ValueError:
             return
+        self.publish(event)
+
+    def publish(self, event: dict[str, Any]) -> None:
+        """Hand one change to every open stream."""
         for queue in list(self._queues):
             try:
                 queue.put_nowait(event)
@@ -131,19 +135,27 @@ async def stream(
                 continue
             if target not in visible:
                 try:
-                    visible[target] = await _may_see(ctx, target)
+                    allowed = await _may_see(ctx, target)
                 except Unauthorized as exc:
-                    yield frame("error", {"code": exc.code, "detail": "the token expired"})
+                    yield frame("error", {"code": exc.code, "detail": exc.message})
                     return
+                if allowed is None:  # the inventory could not tell now: ask again next time
+                    continue
+                visible[target] = allowed
             if visible[target]:
                 yield frame("state", _change(event), str(event.get("event_id", "")) or None)
 
 
-async def _may_see(ctx: Ctx, instance_id: str) -> bool:
+async def _may_see(ctx: Ctx, instance_id: str) -> bool | None:
+    """Whether the caller may see the instance (the inventory decides): None when it could not
+    be asked; Unauthorized once the caller's token is no longer accepted."""
     try:
         await ctx.ask("inventory", "instances.get", {"instance_id": instance_id})
-    except Unauthorized:
-        raise
-    except DomainError:
-        return False
+    except DomainError as exc:
+        status = exc.status
+        if status == 401:
+            raise Unauthorized("the token is no longer valid; sign in again") from exc
+        if status in (403, 404):
+            return False
+        return None
     return True

@@ -20,7 +20,6 @@ from starlette.routing import compile_path
 
 from compgrid_runtime.errors import DomainError
 from compgrid_runtime.logs import get_logger
-from compgrid_runtime.rpc import RemoteError
 
 log = get_logger(__name__)
 
@@ -165,7 +164,7 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(DomainError)
     async def domain_error(request: Request, exc: DomainError) -> Response:
-        status = exc.status if isinstance(exc, RemoteError | HttpProblem) else type(exc).status
+        status = exc.status
         headers = getattr(exc, "headers", None)
         if status == 401:
             headers = {**(headers or {}), "WWW-Authenticate": 'Bearer realm="compgrid"'}
