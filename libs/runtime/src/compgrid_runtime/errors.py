@@ -6,6 +6,9 @@ problem documents. Anything else that escapes a handler is a 500 with a generic 
 
 from __future__ import annotations
 
+from collections.abc import Collection, Mapping, Sequence
+from typing import Any
+
 
 class DomainError(Exception):
     """A refusal the caller can act on."""
@@ -61,3 +64,15 @@ class TooManyRequests(DomainError):
 
     status = 429
     code = "too_many_requests"
+
+
+def invalid(errors: Sequence[Mapping[str, Any]], *, skip: Collection[str] = ()) -> Invalid:
+    """The first of a validation's errors (pydantic's ``errors()``) as an Invalid naming the
+    field, dotted; leading location parts in ``skip`` (such as ``body``) are left out."""
+    first = errors[0] if errors else {"loc": (), "msg": "invalid input"}
+    parts = [str(p) for p in first.get("loc", ())]
+    if parts and parts[0] in skip:
+        parts = parts[1:]
+    where = ".".join(parts) or None
+    message = str(first.get("msg", "invalid input"))
+    return Invalid(f"{where}: {message}" if where else message, field=where)

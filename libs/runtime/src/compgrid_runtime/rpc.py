@@ -21,7 +21,7 @@ from opentelemetry.trace import SpanKind
 from pydantic import BaseModel, ValidationError
 
 from compgrid_events.rpc import RpcError, RpcReply, RpcRequest, rpc_subject
-from compgrid_runtime.errors import DomainError, Invalid, Unauthorized
+from compgrid_runtime.errors import DomainError, Unauthorized, invalid
 from compgrid_runtime.logs import get_logger
 from compgrid_runtime.tokens import Principal, TokenVerifier
 from compgrid_runtime.tracing import extract_context, inject_headers, tracer
@@ -136,15 +136,11 @@ class RpcServer:
             body = _validate(route.body, request.body)
             result = await route.handler(caller, body)
         except DomainError as exc:
-            error = RpcError(status=exc.status, code=exc.code, message=exc.message, field=exc.field)
-            return RpcReply(ok=False, error=error)
+            return _refusal(exc)
         except ValidationError as exc:
             # a value derived from valid input breaks a contract (e.g. a date out of range)
             log.warning("derived value refused", subject=route.subject, error=str(exc))
-            first = exc.errors()[0]
-            where = ".".join(str(p) for p in first["loc"]) or None
-            error = RpcError(status=422, code="invalid", message=first["msg"], field=where)
-            return RpcReply(ok=False, error=error)
+            return _refusal(invalid(exc.errors()))
         except Exception:
             log.exception("request failed", subject=route.subject)
             error = RpcError(status=500, code="internal", message="internal error")
@@ -170,9 +166,12 @@ def _validate(model: type[BaseModel] | None, body: dict[str, Any]) -> Any:
     try:
         return model.model_validate(body)
     except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(p) for p in first["loc"]) or None
-        raise Invalid(f"{where}: {first['msg']}" if where else first["msg"], field=where) from exc
+        raise invalid(exc.errors()) from exc
+
+
+def _refusal(exc: DomainError) -> RpcReply:
+    error = RpcError(status=exc.status, code=exc.code, message=exc.message, field=exc.field)
+    return RpcReply(ok=False, error=error)
 
 
 def _plain(result: Any) -> Any:

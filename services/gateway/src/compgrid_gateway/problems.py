@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import re
-from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -18,7 +17,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 from starlette.routing import compile_path
 
-from compgrid_runtime.errors import DomainError
+from compgrid_runtime.errors import DomainError, invalid
 from compgrid_runtime.logs import get_logger
 
 log = get_logger(__name__)
@@ -136,11 +135,8 @@ def _request_id(request: Request) -> str | None:
     return str(found) if found else None
 
 
-def _field(loc: Any) -> str | None:
-    parts = [str(p) for p in loc]
-    if parts and parts[0] in ("body", "query", "path", "header"):
-        parts = parts[1:]
-    return ".".join(parts) or None
+LOCATIONS = ("body", "query", "path", "header")
+"""Where FastAPI says an input came from (left out of ``field``)."""
 
 
 def allowed_methods(app: FastAPI, request: Request) -> list[str]:
@@ -179,12 +175,9 @@ def install(app: FastAPI) -> None:
         )
 
     @app.exception_handler(RequestValidationError)
-    async def invalid(request: Request, exc: RequestValidationError) -> Response:
+    async def request_invalid(request: Request, exc: RequestValidationError) -> Response:
         errors = list(exc.errors())
-        first = errors[0] if errors else {"loc": (), "msg": "invalid request"}
-        where = _field(first.get("loc", ()))
-        message = str(first.get("msg", "invalid request"))
-        if first.get("type") == "json_invalid":
+        if errors and errors[0].get("type") == "json_invalid":
             return problem(
                 400,
                 "the body is not valid JSON",
@@ -192,29 +185,12 @@ def install(app: FastAPI) -> None:
                 instance=request.url.path,
                 request_id=_request_id(request),
             )
-        return problem(
-            422,
-            f"{where}: {message}" if where else message,
-            code="invalid",
-            field=where,
-            instance=request.url.path,
-            request_id=_request_id(request),
-        )
+        return await domain_error(request, invalid(errors, skip=LOCATIONS))
 
     @app.exception_handler(ValidationError)
     async def derived_invalid(request: Request, exc: ValidationError) -> Response:
         # input that passed the route's checks but breaks a contract built from it
-        first = exc.errors()[0]
-        where = _field(first.get("loc", ()))
-        message = str(first.get("msg", "invalid request"))
-        return problem(
-            422,
-            f"{where}: {message}" if where else message,
-            code="invalid",
-            field=where,
-            instance=request.url.path,
-            request_id=_request_id(request),
-        )
+        return await domain_error(request, invalid(exc.errors()))
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
