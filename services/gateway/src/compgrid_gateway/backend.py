@@ -47,12 +47,11 @@ class Backend:
     slow_timeout_s: float
 
 
-def bearer(request: Request) -> str | None:
-    """The request's bearer token, if it carries one."""
-    header = request.headers.get("authorization")
-    if not header:
+def bearer(authorization: str | None) -> str | None:
+    """The bearer token of an ``Authorization`` header, if it carries one."""
+    if not authorization:
         return None
-    scheme, _, token = header.partition(" ")
+    scheme, _, token = authorization.partition(" ")
     return token.strip() or None if scheme.lower() == "bearer" else None
 
 
@@ -137,7 +136,7 @@ async def context(request: Request) -> Ctx:
     client = request.client.host if request.client else None
     return Ctx(
         backend=request.app.state.backend,
-        token=bearer(request),
+        token=bearer(request.headers.get("authorization")),
         client_address=client,
         request_id=request.scope.get("state", {}).get("request_id"),
     )

@@ -18,7 +18,7 @@ from typing import Any
 from redis.asyncio import Redis
 from starlette.responses import Response
 
-from compgrid_gateway.backend import Backend
+from compgrid_gateway.backend import Backend, bearer
 from compgrid_gateway.edge import ASGIApp, Message, Receive, Scope, Send
 from compgrid_gateway.problems import problem
 from compgrid_runtime.errors import Unauthorized
@@ -75,12 +75,11 @@ class Idempotency:
 
     def _subject(self, scope: Scope, headers: dict[bytes, bytes]) -> str | None:
         backend: Backend = scope["app"].state.backend
-        auth = headers.get(b"authorization", b"").decode("latin-1")
-        scheme, _, token = auth.partition(" ")
-        if scheme.lower() != "bearer" or not token.strip():
+        token = bearer(headers.get(b"authorization", b"").decode("latin-1"))
+        if token is None:
             return None
         try:
-            return str(backend.verifier.verify(token.strip()).user_id)
+            return str(backend.verifier.verify(token).user_id)
         except Unauthorized:
             return None
 

@@ -3,7 +3,7 @@ instance types. Changing them is for admins; reading the offer is for everyone s
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated
 from uuid import UUID
 
 from fastapi import APIRouter, Path, Query, Request
@@ -12,6 +12,7 @@ from starlette.responses import Response
 from compgrid_events import inventory_api as api
 from compgrid_gateway.backend import CtxDep
 from compgrid_gateway.routes.common import (
+    ETAG_HEADER,
     body_of,
     created,
     expected_version,
@@ -28,9 +29,6 @@ DatacenterChange = without(api.UpdateDatacenter, "datacenter", name="DatacenterC
 HostChange = without(api.UpdateHost, "host_id", "expected_version", name="HostChange")
 NewRates = without(api.AddRates, "price_tier_id", name="NewRates")
 DatacenterName = Annotated[str, Path(pattern=r"^[A-Za-z0-9_-]{1,64}$")]
-_ETAG_HEADER: dict[int | str, dict[str, Any]] = {
-    200: {"headers": {"ETag": {"schema": {"type": "string"}}}}
-}
 
 
 @router.get("/datacenters", tags=["datacenters"], response_model=list[api.DatacenterPublic])
@@ -71,13 +69,11 @@ async def list_hosts(ctx: CtxDep, params: Annotated[api.ListHosts, Query()]) -> 
 async def register_host(request: Request, ctx: CtxDep, body: api.RegisterHost) -> Response:
     """Register a hypervisor host in a datacenter (admins)."""
     host = await ctx.ask("inventory", "hosts.register", body)
-    response = created(request, host, f"/hosts/{host['id']}")
-    response.headers["ETag"] = f'"{host["version"]}"'
-    return response
+    return created(request, host, f"/hosts/{host['id']}", versioned=True)
 
 
 @router.get(
-    "/hosts/{host_id}", tags=["hosts"], response_model=api.HostPublic, responses=_ETAG_HEADER
+    "/hosts/{host_id}", tags=["hosts"], response_model=api.HostPublic, responses=ETAG_HEADER
 )
 async def get_host(ctx: CtxDep, host_id: UUID) -> Response:
     """A host, with its version as the ETag."""

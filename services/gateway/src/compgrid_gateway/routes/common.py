@@ -12,7 +12,7 @@ from pydantic_core import to_jsonable_python
 from starlette.responses import Response
 
 from compgrid_events.base import Contract
-from compgrid_gateway.problems import PROBLEM_MEDIA_TYPE, HttpProblem, Problem
+from compgrid_gateway.problems import PROBLEM_MEDIA_TYPE, HttpProblem
 from compgrid_runtime.rpc import RemoteError
 
 API = "/api/v1"
@@ -44,7 +44,10 @@ def problems(*extra: int) -> dict[int | str, dict[str, Any]]:
     }
 
 
-PROBLEM_SCHEMA = Problem
+ETAG_HEADER: dict[int | str, dict[str, Any]] = {
+    200: {"headers": {"ETag": {"schema": {"type": "string"}}}}
+}
+"""Documents the ETag of a versioned resource's answer."""
 
 
 def json_response(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
@@ -69,9 +72,12 @@ def accepted(request: Request, data: Any, path: str) -> Response:
     return json_response(data, 202, {"Location": location(request, path)})
 
 
-def created(request: Request, data: Any, path: str) -> Response:
-    """201 with the new resource and its ``Location``."""
-    return json_response(data, 201, {"Location": location(request, path)})
+def created(request: Request, data: Any, path: str, *, versioned: bool = False) -> Response:
+    """201 with the new resource and its ``Location`` (and its ETag when ``versioned``)."""
+    headers = {"Location": location(request, path)}
+    if versioned:
+        headers["ETag"] = etag(int(data["version"]))
+    return json_response(data, 201, headers)
 
 
 def no_content() -> Response:

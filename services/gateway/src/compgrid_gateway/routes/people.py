@@ -17,6 +17,7 @@ from compgrid_events.auth import ProjectRole
 from compgrid_events.base import Contract
 from compgrid_gateway.backend import CtxDep
 from compgrid_gateway.routes.common import (
+    ETAG_HEADER,
     body_of,
     created,
     expected_version,
@@ -227,16 +228,14 @@ async def list_budget_codes(
 async def create_budget_code(request: Request, ctx: CtxDep, body: api.CreateBudgetCode) -> Response:
     """Add a grant to a project (the PI, admins and finance)."""
     code = await ctx.ask("auth", "budget_codes.create", body)
-    response = created(request, code, f"/budget-codes/{code['id']}")
-    response.headers["ETag"] = f'"{code["version"]}"'
-    return response
+    return created(request, code, f"/budget-codes/{code['id']}", versioned=True)
 
 
 @router.get(
     "/budget-codes/{budget_code_id}",
     tags=["budget codes"],
     response_model=api.BudgetCodePublic,
-    responses={200: {"headers": {"ETag": {"schema": {"type": "string"}}}}},
+    responses=ETAG_HEADER,
 )
 async def get_budget_code(ctx: CtxDep, budget_code_id: UUID) -> Response:
     """A grant, with its version as the ETag."""
