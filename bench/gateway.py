@@ -66,7 +66,7 @@ import httpx
 
 from bench.common import report
 from compgrid_runtime.embedded import free_port
-from tests.harness.platform import start_platform, stop_platform
+from tests.harness.platform import answers, start_platform, stop_platform
 
 ROOT = Path(__file__).resolve().parents[1]
 LOCAL_POSTGRES = "postgresql://postgres@127.0.0.1:5432/postgres"
@@ -209,17 +209,10 @@ def start_bare(page_file: Path) -> tuple[subprocess.Popen[bytes], str]:
         start_new_session=True,
     )
     url = f"http://127.0.0.1:{port}/api/v1/instances"
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            if httpx.get(url, timeout=1).status_code == 200:
-                return bare, url
-        except httpx.HTTPError:
-            pass
-        if bare.poll() is not None or time.monotonic() > deadline:
-            bare.kill()
-            raise SystemExit("the baseline server did not start")
-        time.sleep(0.1)
+    if not answers(url, bare, timeout_s=30):
+        bare.kill()
+        raise SystemExit("the baseline server did not start")
+    return bare, url
 
 
 def stop_bare(bare: subprocess.Popen[bytes]) -> None:

@@ -83,13 +83,15 @@ def admin(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> Cli:
     return _signed_in(stack, tmp_path_factory.mktemp("admin"), "admin")
 
 
-def _request(cli: Cli, name: str, *extra: str) -> subprocess.CompletedProcess[str]:
+def _request(
+    cli: Cli, name: str, *extra: str, instance_type: str = "small"
+) -> subprocess.CompletedProcess[str]:
     return cli(
         "instances",
         "request",
         name,
         "--type",
-        "small",
+        instance_type,
         "--image",
         "ubuntu-24.04",
         "--project",
@@ -204,19 +206,7 @@ def test_an_unknown_instance_exits_4(researcher: Cli) -> None:
 
 
 def test_invalid_input_exits_2_with_the_problems_detail_and_field(researcher: Cli) -> None:
-    unknown_type = researcher(
-        "instances",
-        "request",
-        "cli-bad-type",
-        "--type",
-        "no-such-type",
-        "--image",
-        "ubuntu-24.04",
-        "--project",
-        "Demo Lab",
-        "--budget-code",
-        "DEMO-GRANT-1",
-    )
+    unknown_type = _request(researcher, "cli-bad-type", instance_type="no-such-type")
     assert unknown_type.returncode == 2
     assert "no-such-type" in unknown_type.stderr
     assert "field: instance_type" in unknown_type.stderr

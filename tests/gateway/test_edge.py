@@ -24,6 +24,7 @@ from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
 
 from compgrid_runtime.embedded import EmbeddedNats, free_port
+from tests.harness.platform import answers
 from tests.harness.servers import Servers
 
 pytestmark = [pytest.mark.nats, pytest.mark.redis, pytest.mark.slow]
@@ -62,16 +63,7 @@ def edge(real: Servers, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Ed
         )
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert process.poll() is None, log.read_text()
-            assert time.monotonic() < deadline, log.read_text()
-            time.sleep(0.2)
+        assert answers(f"{url}/healthz", process, timeout_s=60), log.read_text()
         yield Edge(url, server.url)
     finally:
         process.send_signal(signal.SIGTERM)

@@ -9,7 +9,10 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
+
+import httpx
 
 ROOT = Path(__file__).resolve().parents[2]
 _API_LINE = re.compile(r"API on (http://127\.0\.0\.1:\d+)")
@@ -63,3 +66,17 @@ def stop_platform(launcher: subprocess.Popen[bytes]) -> None:
     except subprocess.TimeoutExpired:
         os.killpg(launcher.pid, signal.SIGKILL)
         launcher.wait()
+
+
+def answers(url: str, process: subprocess.Popen[bytes], *, timeout_s: float) -> bool:
+    """Poll ``url`` until it answers 200 (True); False once ``process`` has exited or the time
+    is up."""
+    deadline = time.monotonic() + timeout_s
+    while process.poll() is None and time.monotonic() < deadline:
+        try:
+            if httpx.get(url, timeout=1).status_code == 200:
+                return True
+        except httpx.HTTPError:
+            pass  # not listening yet
+        time.sleep(0.2)
+    return False

@@ -7,6 +7,8 @@ import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
 
+import pytest
+
 from compgrid_events.rpc import RpcError
 from compgrid_gateway.live import Hub, stream
 from compgrid_runtime.rpc import RemoteError
@@ -84,10 +86,6 @@ async def test_a_lapsed_token_ends_the_stream_with_an_error_event() -> None:
     last = await asyncio.wait_for(lines.__anext__(), 5)
     assert last.startswith(b"event: error\n")
     assert b"sign in again" in last
-    try:
+    with pytest.raises(StopAsyncIteration):  # the stream ended there
         await asyncio.wait_for(lines.__anext__(), 5)
-    except StopAsyncIteration:
-        pass
-    else:
-        raise AssertionError("the stream went on")
     assert hub.listeners == 0  # the stream stopped listening
