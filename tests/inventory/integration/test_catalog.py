@@ -56,6 +56,11 @@ def same_rates(public: dict[str, Any], sent: dict[str, Any]) -> bool:
     )
 
 
+def this_hour() -> datetime:
+    """The start of the current UTC hour (rates change on whole hours)."""
+    return utc_now().replace(minute=0, second=0, microsecond=0)
+
+
 def when(value: str) -> datetime:
     return datetime.fromisoformat(value)
 
@@ -72,7 +77,7 @@ async def type_named(inventory: InventoryHarness, token: str, name: str, **body:
 async def test_rates_history_is_ordered_current_is_in_effect_and_each_change_is_published(
     inventory: InventoryHarness, lab: Lab
 ) -> None:
-    now = utc_now().replace(microsecond=0)
+    now = this_hour()
     first_from, first = now - timedelta(days=1), rates("0.10", "0.01", "0.05")
     future_from, future = now + timedelta(days=30), rates("0.20", "0.02", "0.05")
     oldest_from, oldest = now - timedelta(days=60), rates("0.08", "0.008", "0.04")
@@ -176,7 +181,7 @@ async def test_types_show_the_hourly_price_their_tier_gives_now(
         {
             "name": f"odd-{tag()}",
             "currency": "CHF",
-            "effective_from": (utc_now() - timedelta(days=1)).isoformat(),
+            "effective_from": (this_hour() - timedelta(days=1)).isoformat(),
             "rates": rates("0.013", "0.0071", "0.0521", b200="1.234567"),
         },
         token=lab.admin,
@@ -203,13 +208,38 @@ async def test_types_show_the_hourly_price_their_tier_gives_now(
         "price_tiers.add_rates",
         {
             "price_tier_id": tier["id"],
-            "effective_from": (utc_now() - timedelta(seconds=1)).isoformat(),
+            "effective_from": this_hour().isoformat(),
             "rates": rates("0.02", "0.0071", "0.0521", b200="1.234567"),
         },
         token=lab.admin,
     )
     repriced = await type_named(inventory, lab.member, name)
     assert Decimal(repriced["hourly_price"]["amount"]) == Decimal("2.551148")
+
+
+async def test_rates_that_start_inside_an_hour_are_refused_and_change_nothing(
+    inventory: InventoryHarness, lab: Lab
+) -> None:
+    """Billing prices an hour at the rates in effect at its start: a change at 16:30 would be
+    applied from 17:00, so it is refused instead of being applied other than it says."""
+    before = await inventory.call(
+        "price_tiers.get", {"price_tier_id": lab.tier_id}, token=lab.admin
+    )
+    for moment in (this_hour() + timedelta(minutes=30), this_hour() + timedelta(seconds=1)):
+        for operation, body in (
+            ("price_tiers.add_rates", {"price_tier_id": lab.tier_id}),
+            ("price_tiers.create", {"name": f"half-{tag()}", "currency": "EUR"}),
+        ):
+            body |= {"effective_from": moment.isoformat(), "rates": rates("1", "1")}
+            error = await inventory.refused(operation, body, token=lab.admin)
+            assert (error.status, error.code, error.field) == (
+                422,
+                "not_whole_hour",
+                "effective_from",
+            )
+            assert "whole UTC hour" in error.message
+    after = await inventory.call("price_tiers.get", {"price_tier_id": lab.tier_id}, token=lab.admin)
+    assert after == before
 
 
 async def test_a_gpu_type_needs_a_rate_for_its_gpu_model(
@@ -243,7 +273,7 @@ async def test_new_rates_must_keep_pricing_the_gpus_of_the_tiers_types(
         "price_tiers.add_rates",
         {
             "price_tier_id": lab.tier_id,
-            "effective_from": (utc_now() - timedelta(seconds=1)).isoformat(),
+            "effective_from": this_hour().isoformat(),
             "rates": rates("0.10", "0.01", "0.073"),
         },
         token=lab.admin,
@@ -489,7 +519,7 @@ async def test_catalogue_writes_are_for_admins_and_reads_for_everyone_signed_in(
             {
                 "name": name,
                 "currency": "EUR",
-                "effective_from": utc_now().isoformat(),
+                "effective_from": this_hour().isoformat(),
                 "rates": rates("1", "1"),
             },
         ),
@@ -497,7 +527,7 @@ async def test_catalogue_writes_are_for_admins_and_reads_for_everyone_signed_in(
             "price_tiers.add_rates",
             {
                 "price_tier_id": lab.tier_id,
-                "effective_from": (utc_now() - timedelta(hours=1)).isoformat(),
+                "effective_from": (this_hour() - timedelta(hours=1)).isoformat(),
                 "rates": rates("9", "9"),
             },
         ),

@@ -379,7 +379,24 @@ def _rates(row: Any) -> Rates:
     )
 
 
+def _check_whole_hour(effective_from: datetime) -> None:
+    """Refuse a change that billing would apply from another moment than the one given.
+
+    Billing prices each closed hour at the rates in effect at the hour's start, so a change
+    takes effect on whole UTC hours only (decision 0015).
+    """
+    if (effective_from.minute, effective_from.second, effective_from.microsecond) != (0, 0, 0):
+        raise Invalid(
+            "effective_from: rates change on a whole UTC hour (e.g."
+            f" {effective_from.replace(minute=0, second=0, microsecond=0).isoformat()}): usage"
+            " is priced per hour at the rates in effect when the hour starts",
+            code="not_whole_hour",
+            field="effective_from",
+        )
+
+
 async def _add_rates(uow: UnitOfWork, tier: Any, effective_from: datetime, rates: Rates) -> None:
+    _check_whole_hour(effective_from)
     kinds = await uow.session.execute(
         select(instance_type).where(instance_type.c.price_tier_id == tier.id)
     )
