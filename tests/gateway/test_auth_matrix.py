@@ -290,7 +290,7 @@ async def world(stack: Stack) -> AsyncIterator[World]:
             "invoice_id": str(uuid.uuid4()),  # a fresh platform has issued none
         }
         hook = {"url": "https://hooks.example.org/compgrid", "project_id": code["project_id"]}
-        ids["webhook_id"] = (await _create(client, admin, "/webhooks", hook))["webhook_id"]
+        ids["webhook_id"] = (await _create(client, admin, "/webhooks", hook))["id"]
         mine = {"name": f"mine-{sfx}", "project_id": code["project_id"]}
         mine |= {"budget_code_id": code["id"], "instance_type": "small", "image": "ubuntu-24.04"}
         researcher = stack.token("researcher")

@@ -142,7 +142,7 @@ async def test_the_targets_act_on_valid_bodies(admin: Admin) -> None:
         assert await getattr(admin, probe)() != before, target
     hooks = (await admin.webhooks())["webhooks"]
     for hook in hooks:
-        await admin.send("DELETE", f"/webhooks/{hook['webhook_id']}")
+        await admin.send("DELETE", f"/webhooks/{hook['id']}")
     await admin.send("PUT", "/settings", json={"self_registration": False})
     await admin.send("PATCH", "/datacenters/demo-dc", json={"description": original})
 

@@ -79,12 +79,12 @@ def fuzz_headers(stack: Stack) -> Iterator[dict[str, Iterator[dict[str, str]]]]:
     }
     with httpx.Client(base_url=stack.api, headers=headers["admin"][0], timeout=30) as admin:
         settings = admin.get("/settings").json()
-        hooks = {h["webhook_id"] for h in admin.get("/webhooks").json()["webhooks"]}
+        hooks = {h["id"] for h in admin.get("/webhooks").json()["webhooks"]}
         yield {who: itertools.cycle(each) for who, each in headers.items()}
         admin.put("/settings", json=settings).raise_for_status()
         for hook in admin.get("/webhooks").json()["webhooks"]:
-            if hook["webhook_id"] not in hooks:
-                admin.delete(f"/webhooks/{hook['webhook_id']}")
+            if hook["id"] not in hooks:
+                admin.delete(f"/webhooks/{hook['id']}")
 
 
 @ADMIN.parametrize()

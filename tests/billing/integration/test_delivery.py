@@ -372,7 +372,7 @@ async def test_webhooks_reach_the_projects_and_the_global_endpoints_signed(
 
     [at_mine] = receiver.at("/mine")
     assert at_mine.message_id == hooks[receiver.url("/mine")].message_id
-    assert at_mine.message_id == message_id(inv.id, str(endpoints["/mine"].webhook_id))
+    assert at_mine.message_id == message_id(inv.id, str(endpoints["/mine"].id))
     assert at_mine.verified == json.loads(at_mine.body)
     body = json.loads(at_mine.body)
     assert body["type"] == "invoice.issued"
@@ -607,9 +607,7 @@ async def test_a_resent_webhook_is_delivered_again_with_the_same_webhook_id(
         ]  # and the PI's mail
         assert first.state == "delivered"
 
-        queued = await resend(
-            deps, admin(), api.Resend(invoice_id=inv.id, webhook_id=endpoint.webhook_id)
-        )
+        queued = await resend(deps, admin(), api.Resend(invoice_id=inv.id, webhook_id=endpoint.id))
         [again] = queued.deliveries
         assert again.delivery_id != first.delivery_id
         assert (again.state, again.channel, again.recipient) == (

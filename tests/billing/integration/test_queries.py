@@ -456,9 +456,10 @@ async def test_invoices_documents_export_and_billing_runs(
     assert again["run_id"] == first["run_id"]
     assert first["started_by"] == f"user:{team.admin_id}"
     runs = await billing.call("runs.list", {}, team.finance)
-    assert [(r["run_id"], r["invoices"], r["issued_now"]) for r in runs["runs"]] == [
-        (first["run_id"], 3, 0)
-    ], "the open period stored no run"
+    assert [(r["run_id"], r["invoices"]) for r in runs["runs"]] == [(first["run_id"], 3)], (
+        "the open period stored no run"
+    )
+    assert "issued_now" not in runs["runs"][0], "only the request that issued knows"
     assert runs["runs"][0]["period_start"][:19] == start.isoformat()[:19]
 
     mine = await billing.call("invoices.list", {"project_id": str(team.a.project_id)}, team.pi)
@@ -583,6 +584,9 @@ async def test_who_may_read_and_run_what(
         assert seen[0] == seen[1] == seen[2], f"{operation}: the PI sees what finance sees"
         outsider = await billing.refused(operation, body, team.other_pi)
         assert (outsider.status, outsider.code) == (404, "not_found"), operation
+        if operation.startswith("budgets."):  # members see their project's budget status
+            assert await billing.call(operation, body, team.member) == seen[0], operation
+            continue
         member = await billing.refused(operation, body, team.member)
         assert (member.status, member.code) == (403, "forbidden"), operation
         anonymous = await billing.refused(operation, body, None)
@@ -598,7 +602,6 @@ async def test_who_may_read_and_run_what(
 
     # only finance and admins see every project's money at once
     everything: list[tuple[str, dict[str, Any]]] = [
-        ("budgets.list", {}),
         ("invoices.list", {}),
         ("export.get", period),
         ("runs.list", {}),
@@ -620,6 +623,31 @@ async def test_who_may_read_and_run_what(
     assert [r["invoices"] for r in runs["runs"]] == [1]
 
 
+async def test_lists_without_a_project_show_the_callers_projects(
+    billing: Billing, team: Team, clean_billing: Servers
+) -> None:
+    ours = {str(team.a.budget_code_id), str(team.b.budget_code_id)}
+    for token in (team.pi, team.member):
+        budgets = await billing.call("budgets.list", {}, token)
+        assert {b["budget_code_id"] for b in budgets["budgets"]} == ours
+    theirs = await billing.call("budgets.list", {}, team.other_pi)
+    assert theirs["budgets"] == [], "another project's PI sees none of them"
+    everyone = await billing.call("budgets.list", {}, team.finance)
+    assert ours <= {b["budget_code_id"] for b in everyone["budgets"]}
+
+    url = f"https://hooks.example.org/{tag()}"
+    mine = await billing.call(
+        "webhooks.create", {"project_id": str(team.a.project_id), "url": url}, team.pi
+    )
+    await billing.call("webhooks.create", {"url": url}, team.admin)  # every project's
+    assert [h["id"] for h in (await billing.call("webhooks.list", {}, team.pi))["webhooks"]] == [
+        mine["id"]
+    ]
+    for token in (team.member, team.other_pi, team.finance):
+        assert (await billing.call("webhooks.list", {}, token))["webhooks"] == []
+    assert len((await billing.call("webhooks.list", {}, team.admin))["webhooks"]) == 2
+
+
 async def test_webhooks_and_contacts_keep_only_what_is_valid(
     billing: Billing, team: Team, clean_billing: Servers
 ) -> None:
@@ -631,8 +659,8 @@ async def test_webhooks_and_contacts_keep_only_what_is_valid(
     assert created["project_id"] == project
     assert created["event_types"] == ["invoice.issued"]
     listed = await billing.call("webhooks.list", {"project_id": project}, team.pi)
-    assert [(h["webhook_id"], h["url"], h["secret"]) for h in listed["webhooks"]] == [
-        (created["webhook_id"], url, None)
+    assert [(h["id"], h["url"], h["secret"]) for h in listed["webhooks"]] == [
+        (created["id"], url, None)
     ], "the secret is shown once"
 
     for bad_url in (
@@ -661,7 +689,7 @@ async def test_webhooks_and_contacts_keep_only_what_is_valid(
     )
     assert outsider.status == 404
     stored = await query(clean_billing, "SELECT id FROM billing.webhook")
-    assert [str(r.id) for r in stored] == [created["webhook_id"]], "refused ones are not stored"
+    assert [str(r.id) for r in stored] == [created["id"]], "refused ones are not stored"
 
     contacts = {"project_id": project, "emails": ["treasurer@uni.example", "grants@uni.example"]}
     kept = await billing.call("contacts.set", contacts, team.pi)

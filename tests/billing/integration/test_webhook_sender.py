@@ -24,6 +24,7 @@ from compgrid_billing.adapters.webhooks import (
     SNIPPET_CHARS,
     WebhookSender,
     internal,
+    metadata,
     new_secret,
     sign,
     validate_url,
@@ -292,6 +293,51 @@ async def test_internal_addresses_are_refused_when_not_allowed(
 )
 def test_which_addresses_are_internal(address: str, internal_expected: bool) -> None:
     assert internal(address) is internal_expected
+
+
+@pytest.mark.parametrize(
+    ("address", "expected"),
+    [
+        ("169.254.169.254", True),  # AWS, GCP, Azure, OpenStack
+        ("169.254.0.1", True),
+        ("::ffff:169.254.169.254", True),  # IPv4-mapped
+        ("64:ff9b::a9fe:a9fe", True),  # NAT64 of 169.254.169.254
+        ("2002:a9fe:a9fe::1", True),  # 6to4 of 169.254.169.254
+        ("fe80::1%eth0", True),
+        ("febf::1", True),
+        ("fd00:ec2::254", True),  # AWS over IPv6
+        ("100.100.100.200", True),  # Alibaba Cloud
+        ("168.63.129.16", True),  # Azure wire server
+        ("192.0.0.192", True),  # Oracle Cloud
+        ("127.0.0.1", False),
+        ("10.1.2.3", False),
+        ("fd00::1", False),
+        ("8.8.8.8", False),
+    ],
+)
+def test_which_addresses_are_link_local_or_metadata(address: str, expected: bool) -> None:
+    assert metadata(address) is expected
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://169.254.169.254/latest/meta-data/",
+        "http://[fd00:ec2::254]/latest/meta-data/",
+        "http://[fe80::1]:8080/hooks",
+        "http://100.100.100.200/latest/meta-data/",
+        "http://[::ffff:169.254.169.254]/",
+    ],
+)
+async def test_metadata_addresses_are_refused_even_where_internal_ones_are_allowed(
+    url: str,
+) -> None:
+    async with WebhookSender(timeout_s=5.0, allow_internal=True) as lenient:
+        outcome = await lenient.post(url, new_secret(), "msg_0012", b"{}")
+
+    assert not outcome.delivered
+    assert not outcome.retryable
+    assert "metadata" in outcome.detail
 
 
 async def test_a_malformed_secret_is_refused_before_sending(

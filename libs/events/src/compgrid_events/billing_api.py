@@ -77,7 +77,8 @@ class CostsReport(Contract):
 
 
 class BudgetsQuery(Contract):
-    """Budget codes of one project, or (admins and finance) of every project."""
+    """Budget codes of one project, or without one of every project the caller is in (admins
+    and finance: every project)."""
 
     project_id: UUID | None = None
 
@@ -212,10 +213,15 @@ class RunPublic(Contract):
     period_end: UtcDatetime
     state: str
     started_by: str
-    invoices: int
-    issued_now: int = Field(description="invoices this request issued (0 when run before)")
+    invoices: int = Field(description="invoices the run issued")
     started_at: UtcDatetime
     finished_at: UtcDatetime | None
+
+
+class RunStarted(RunPublic):
+    """The run a request started or found, and what this request issued."""
+
+    issued_now: int = Field(description="invoices this request issued (0 when run before)")
 
 
 class RunList(Contract):
@@ -293,7 +299,8 @@ class WebhookRef(Contract):
 
 
 class WebhooksQuery(Contract):
-    """Endpoints of one project, or (admins) the global ones and every project's."""
+    """Endpoints of one project, or without one those of every project the caller is PI of
+    (admins: the global ones and every project's)."""
 
     project_id: UUID | None = None
 
@@ -301,7 +308,7 @@ class WebhooksQuery(Contract):
 class WebhookPublic(Contract):
     """An endpoint; ``secret`` only in the reply that created it."""
 
-    webhook_id: UUID
+    id: UUID
     project_id: UUID | None
     url: str
     event_types: list[str]

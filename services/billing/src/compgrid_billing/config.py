@@ -14,6 +14,10 @@ class Settings(ServiceSettings):
     model_config = SettingsConfigDict(env_prefix="COMPGRID_BILLING_", extra="ignore")
     service_name = "billing"
 
+    db_pool_size: int = Field(
+        default=8, ge=1, le=100, description="most database connections the process opens"
+    )
+
     admission_horizon_hours: int = Field(
         default=24,
         ge=1,
@@ -70,8 +74,8 @@ class Settings(ServiceSettings):
 
     allow_internal_webhooks: bool | None = Field(
         default=None,
-        description="endpoints on loopback, private or link-local addresses (default: everywhere "
-        "but production)",
+        description="endpoints on loopback or private addresses (default: everywhere but "
+        "production); link-local and cloud metadata addresses are refused everywhere",
     )
 
     @property

@@ -15,7 +15,6 @@ COLUMNS: list[output.Column] = [
     ("PERIOD", lambda r: f"{output.when(r['period_start'])} to {output.when(r['period_end'])}"),
     ("STATE", lambda r: output.state(r["state"])),
     ("INVOICES", lambda r: r["invoices"]),
-    ("ISSUED NOW", lambda r: r.get("issued_now")),
     ("STARTED BY", lambda r: r["started_by"]),
     ("STARTED", lambda r: output.when(r["started_at"])),
     ("FINISHED", lambda r: output.when(r.get("finished_at"))),
@@ -24,7 +23,7 @@ COLUMNS: list[output.Column] = [
 
 
 def _render_run(run: dict[str, Any]) -> None:
-    output.table([run], COLUMNS)
+    output.table([run], [*COLUMNS[:3], ("ISSUED NOW", lambda r: r["issued_now"]), *COLUMNS[3:]])
 
 
 @app.command()

@@ -114,26 +114,72 @@ class Outcome:
     duration_ms: int
 
 
+METADATA_NETWORKS = tuple(
+    ipaddress.ip_network(network)
+    for network in (
+        "169.254.0.0/16",  # IPv4 link-local: AWS, GCP, Azure, OpenStack metadata at .169.254
+        "fe80::/10",  # IPv6 link-local
+        "fd00:ec2::/32",  # AWS metadata and DNS over IPv6 (fd00:ec2::254)
+        "100.100.100.200/32",  # Alibaba Cloud metadata
+        "168.63.129.16/32",  # Azure wire server
+        "192.0.0.192/32",  # Oracle Cloud metadata
+    )
+)
+"""Link-local and cloud metadata addresses: never an endpoint, in any environment (they hand
+out the machine's cloud credentials)."""
+
+
+def _ip(address: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
+    """An address, with an IPv4 address carried inside an IPv6 one (mapped, NAT64, 6to4)
+    taken out, so it cannot dodge the IPv4 rules."""
+    ip = ipaddress.ip_address(address.split("%", 1)[0])
+    if isinstance(ip, ipaddress.IPv6Address):
+        embedded = ip.ipv4_mapped or ip.sixtofour
+        if embedded is not None:
+            return embedded
+        if ip in ipaddress.ip_network("64:ff9b::/96"):
+            return ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)
+    return ip
+
+
+def metadata(address: str) -> bool:
+    """Whether an IP address is link-local or a cloud metadata service."""
+    ip = _ip(address)
+    return ip.is_link_local or any(ip in network for network in METADATA_NETWORKS)
+
+
 def internal(address: str) -> bool:
     """Whether an IP address is not on the public internet (loopback, private, link-local...)."""
-    ip = ipaddress.ip_address(address.split("%", 1)[0])
-    return not ip.is_global or ip.is_multicast
+    ip = _ip(address)
+    return not ip.is_global or ip.is_multicast or metadata(address)
 
 
-async def internal_address(host: str) -> str | None:
-    """The first internal address ``host`` is or resolves to, or None when all are public.
+def _refused(address: str, allow_internal: bool) -> str | None:
+    """Why an endpoint may not be at ``address``, or None."""
+    if metadata(address):
+        return f"the link-local or cloud metadata address {address}, never allowed"
+    if not allow_internal and internal(address):
+        return f"the internal address {address}"
+    return None
 
-    Checked before each send, so an endpoint cannot reach the cluster's own network; a host
-    that changes its answer between this check and the connection is not caught.
+
+async def refused_address(host: str, *, allow_internal: bool) -> str | None:
+    """Why ``host`` may not be an endpoint: it is or resolves to a link-local or metadata
+    address (always refused) or, unless ``allow_internal``, to any internal one; None when
+    every address it resolves to is allowed.
+
+    Checked at registration and before each send, so an endpoint cannot reach the cluster's
+    own network; a host that changes its answer between this check and the connection is
+    not caught.
     """
     try:
-        return host if internal(host) else None
+        return _refused(host, allow_internal)
     except ValueError:
         pass  # a name, not an address
     found = await asyncio.get_running_loop().getaddrinfo(host, None)
     for *_, sockaddr in found:
-        if internal(str(sockaddr[0])):
-            return str(sockaddr[0])
+        if reason := _refused(str(sockaddr[0]), allow_internal):
+            return reason
     return None
 
 
@@ -195,14 +241,14 @@ class WebhookSender:
         def failed(detail: str) -> Outcome:
             return Outcome(False, None, detail, True, _elapsed_ms(started))
 
-        if not self._allow_internal:
-            try:
-                internal = await internal_address(httpx.URL(url).host)
-            except OSError as exc:
-                return failed(_shorten(f"cannot resolve the host: {exc}"))
-            if internal is not None:
-                detail = f"refused: the host resolves to the internal address {internal}"
-                return Outcome(False, None, detail, False, _elapsed_ms(started))
+        try:
+            host = httpx.URL(url).host
+            refused = await refused_address(host, allow_internal=self._allow_internal)
+        except OSError as exc:
+            return failed(_shorten(f"cannot resolve the host: {exc}"))
+        if refused is not None:
+            detail = f"refused: the host is or resolves to {refused}"
+            return Outcome(False, None, detail, False, _elapsed_ms(started))
         try:
             async with asyncio.timeout(self._timeout_s):
                 status, location, snippet = await self._send(url, headers, body)

@@ -11,16 +11,16 @@ import httpx
 from sqlalchemy import select, update
 
 from compgrid_billing.adapters.tables import account, invoice, project, webhook
-from compgrid_billing.adapters.webhooks import internal_address, new_secret, validate_url
+from compgrid_billing.adapters.webhooks import new_secret, refused_address, validate_url
 from compgrid_billing.domain.invoice import addresses
 from compgrid_billing.use_cases import invoicing
 from compgrid_billing.use_cases.deps import Deps
 from compgrid_billing.use_cases.queries import (
     list_deliveries,
+    own_projects,
     reply,
     require_money_reader,
     require_pi_or,
-    run_public,
 )
 from compgrid_events import billing_api as api
 from compgrid_events.base import utc_now, uuid7
@@ -39,7 +39,7 @@ def _who(caller: Caller, principal: Principal) -> str:
     )
 
 
-async def start_run(deps: Deps, caller: Caller, body: api.StartRun) -> api.RunPublic:
+async def start_run(deps: Deps, caller: Caller, body: api.StartRun) -> api.RunStarted:
     """Invoice a closed period now (admins); running a period again issues nothing new."""
     principal = caller.require()
     require_role(principal)
@@ -53,7 +53,7 @@ async def start_run(deps: Deps, caller: Caller, body: api.StartRun) -> api.RunPu
         period_end=body.period_end.isoformat(),
         issued=result.issued_now,
     )
-    return run_public(result.run, result.issued_now)
+    return reply(api.RunStarted, result.run, run_id=result.run.id, issued_now=result.issued_now)
 
 
 async def resend(deps: Deps, caller: Caller, body: api.Resend) -> api.DeliveryList:
@@ -101,29 +101,36 @@ async def resend(deps: Deps, caller: Caller, body: api.Resend) -> api.DeliveryLi
 
 
 def _hook_public(row: Any, secret: str | None = None) -> api.WebhookPublic:
-    return reply(
-        api.WebhookPublic, row, webhook_id=row.id, event_types=list(row.event_types), secret=secret
-    )
+    return reply(api.WebhookPublic, row, event_types=list(row.event_types), secret=secret)
 
 
 def _require_hook_manager(principal: Principal, project_id: UUID | None) -> None:
     require_pi_or(principal, project_id, "admin")
 
 
+async def _endpoint_url(deps: Deps, given: str) -> str:
+    """The normalised URL of a new endpoint, or Invalid when it may not be one. A host that
+    does not resolve (yet) is accepted where internal endpoints are: each send checks again."""
+    allow_internal = deps.settings.internal_webhooks_allowed
+    try:
+        url = validate_url(given, allow_http=deps.settings.http_webhooks_allowed)
+        refused = await refused_address(httpx.URL(url).host, allow_internal=allow_internal)
+    except ValueError as exc:
+        raise Invalid(str(exc), field="url") from None
+    except OSError as exc:
+        if allow_internal:
+            return url
+        raise Invalid(f"cannot resolve the host: {exc}", field="url") from None
+    if refused is not None:
+        raise Invalid(f"the host is (or resolves to) {refused}", field="url")
+    return url
+
+
 async def create_webhook(deps: Deps, caller: Caller, body: api.CreateWebhook) -> api.WebhookPublic:
     """Register an endpoint; the reply carries its signing secret, the only time it is shown."""
     principal = caller.require()
     _require_hook_manager(principal, body.project_id)
-    try:
-        url = validate_url(body.url, allow_http=deps.settings.http_webhooks_allowed)
-        if not deps.settings.internal_webhooks_allowed:
-            found = await internal_address(httpx.URL(url).host)
-            if found is not None:
-                raise ValueError(f"the host is (or resolves to) the internal address {found}")
-    except ValueError as exc:
-        raise Invalid(str(exc), field="url") from None
-    except OSError as exc:
-        raise Invalid(f"cannot resolve the host: {exc}", field="url") from None
+    url = await _endpoint_url(deps, body.url)
     unknown = sorted(set(body.event_types) - set(api.WEBHOOK_EVENT_TYPES))
     if unknown:
         raise Invalid(
@@ -159,12 +166,15 @@ async def create_webhook(deps: Deps, caller: Caller, body: api.CreateWebhook) ->
 
 
 async def list_webhooks(deps: Deps, caller: Caller, body: api.WebhooksQuery) -> api.WebhookList:
-    """Endpoints of a project (its PI), or every endpoint (admins); secrets are not shown."""
+    """Endpoints of a project (its PI), or without one every endpoint the caller manages
+    (admins: all, PIs: their projects'); secrets are not shown."""
     principal = caller.require()
-    _require_hook_manager(principal, body.project_id)
     query = select(webhook).order_by(webhook.c.created_at, webhook.c.id)
     if body.project_id is not None:
+        _require_hook_manager(principal, body.project_id)
         query = query.where(webhook.c.project_id == body.project_id)
+    elif not principal.has_role("admin"):
+        query = query.where(webhook.c.project_id.in_(own_projects(principal, "pi")))
     async with deps.uow() as uow:
         rows = (await uow.session.execute(query)).all()
     return api.WebhookList(webhooks=[_hook_public(r) for r in rows])

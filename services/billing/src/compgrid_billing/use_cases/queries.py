@@ -1,8 +1,9 @@
 """What billing answers: costs, budgets with forecasts, invoices and their documents, the
 finance export, billing runs, deliveries and parked usage.
 
-Who may ask: admins and finance about every project; a project's PI about that project; to
-anyone else a project's money does not exist (not found).
+Who may ask: admins and finance about every project; a project's PI about that project (its
+members too about its budget codes' status); to anyone else a project's money does not exist
+(not found). A list asked for without a project lists what the caller may see.
 """
 
 from __future__ import annotations
@@ -80,6 +81,20 @@ def require_money_reader(
 ) -> None:
     """Refuse unless the caller is admin, finance or the project's PI."""
     require_pi_or(principal, project_id, "admin", "finance", missing=missing)
+
+
+def require_budget_reader(
+    principal: Principal, project_id: UUID, missing: str = "no such project"
+) -> None:
+    """Refuse unless the caller is admin, finance or in the project (members see its budget
+    status)."""
+    if not sees_everything(principal) and principal.project_role(project_id) is None:
+        raise NotFound(missing)
+
+
+def own_projects(principal: Principal, *roles: str) -> list[UUID]:
+    """The projects the caller holds one of ``roles`` in (any role when none is named)."""
+    return [p for p, role in principal.projects.items() if not roles or role in roles]
 
 
 # Costs -----------------------------------------------------------------------------------
@@ -242,10 +257,16 @@ async def _budget_list(deps: Deps, where: Any) -> list[api.BudgetPublic]:
 
 
 async def list_budgets(deps: Deps, caller: Caller, body: api.BudgetsQuery) -> api.BudgetList:
-    """Budget codes with balance and forecast."""
+    """Budget codes with balance and forecast: of one project, or of every project the caller
+    may see (all of them for admins and finance)."""
     principal = caller.require()
-    require_money_reader(principal, body.project_id)
-    where = budget.c.project_id == body.project_id if body.project_id else budget.c.id.isnot(None)
+    if body.project_id is not None:
+        require_budget_reader(principal, body.project_id)
+        where = budget.c.project_id == body.project_id
+    elif sees_everything(principal):
+        where = budget.c.id.isnot(None)
+    else:
+        where = budget.c.project_id.in_(own_projects(principal))
     return api.BudgetList(budgets=await _budget_list(deps, where))
 
 
@@ -255,7 +276,7 @@ async def get_budget(deps: Deps, caller: Caller, body: api.BudgetRef) -> api.Bud
     found = await _budget_list(deps, budget.c.id == body.budget_code_id)
     if not found:
         raise NotFound("no such budget code", field="budget_code_id")
-    require_money_reader(principal, found[0].project_id, "no such budget code")
+    require_budget_reader(principal, found[0].project_id, "no such budget code")
     return found[0]
 
 
@@ -384,9 +405,9 @@ async def finance_export(deps: Deps, caller: Caller, body: api.PeriodQuery) -> a
 # Runs, deliveries, parked usage ----------------------------------------------------------
 
 
-def run_public(row: Any, issued_now: int = 0) -> api.RunPublic:
-    """A run row as the API shows it."""
-    return reply(api.RunPublic, row, run_id=row.id, issued_now=issued_now)
+def run_public(row: Any) -> api.RunPublic:
+    """A run row as the API lists it."""
+    return reply(api.RunPublic, row, run_id=row.id)
 
 
 async def list_runs(deps: Deps, caller: Caller, body: None) -> api.RunList:

@@ -52,7 +52,8 @@ async def costs(ctx: CtxDep, params: Annotated[api.CostsQuery, Query()]) -> Resp
 
 @router.get("/budgets", tags=["budgets"], response_model=api.BudgetList)
 async def list_budgets(ctx: CtxDep, params: Annotated[api.BudgetsQuery, Query()]) -> Response:
-    """Budget codes with funding, charges, holds, what is left and when it runs out."""
+    """Budget codes with funding, charges, holds, what is left and when it runs out (without
+    ``project_id``: of every project the caller is in; admins and finance: all)."""
     return json_response(await ctx.relay("billing", "budgets.list", params))
 
 
@@ -135,7 +136,8 @@ async def list_deliveries(ctx: CtxDep, params: Annotated[api.DeliveriesQuery, Qu
 
 @router.get("/webhooks", tags=["webhooks"], response_model=api.WebhookList)
 async def list_webhooks(ctx: CtxDep, params: Annotated[api.WebhooksQuery, Query()]) -> Response:
-    """Webhook endpoints of a project (admins: also the global ones)."""
+    """Webhook endpoints of a project, or of every project the caller is PI of (admins: all,
+    the global ones too)."""
     return json_response(await ctx.relay("billing", "webhooks.list", params))
 
 
@@ -143,7 +145,7 @@ async def list_webhooks(ctx: CtxDep, params: Annotated[api.WebhooksQuery, Query(
 async def create_webhook(request: Request, ctx: CtxDep, body: api.CreateWebhook) -> Response:
     """Register an endpoint; the signing secret is in this answer only."""
     hook = await ctx.ask("billing", "webhooks.create", body)
-    return created(request, hook, f"/webhooks/{hook['webhook_id']}")
+    return created(request, hook, f"/webhooks/{hook['id']}")
 
 
 @router.delete("/webhooks/{webhook_id}", tags=["webhooks"], response_model=api.WebhookPublic)
@@ -159,7 +161,7 @@ async def list_runs(ctx: CtxDep) -> Response:
     return json_response(await ctx.relay("billing", "runs.list"))
 
 
-@router.post("/billing/runs", tags=["billing"], response_model=api.RunPublic)
+@router.post("/billing/runs", tags=["billing"], response_model=api.RunStarted)
 async def start_run(ctx: CtxDep, body: api.StartRun) -> Response:
     """Invoice a closed period now (admins); running it again issues nothing twice."""
     return json_response(await ctx.relay("billing", "runs.start", body, slow=True))
