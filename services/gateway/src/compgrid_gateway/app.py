@@ -12,7 +12,7 @@ from fastapi.middleware.cors import CORSMiddleware
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from redis.asyncio import Redis
 
-from compgrid_gateway import live, problems
+from compgrid_gateway import access, live, problems
 from compgrid_gateway.backend import Backend
 from compgrid_gateway.config import Settings
 from compgrid_gateway.edge import Edge, TokenBuckets
@@ -33,20 +33,6 @@ stable `code`. Commands answer 202 with a `Location`; follow changes on
 and `limit`. Send `Idempotency-Key` on POSTs you may retry and `If-Match` on updates."""
 
 ROUTERS = (auth, people, catalog, instances, money, stats)
-PUBLIC_OPERATIONS = {
-    ("post", f"{API}/auth/{name}")
-    for name in (
-        "login",
-        "refresh",
-        "logout",
-        "token",
-        "register",
-        "password-reset",
-        "password-reset/confirm",
-        "invitations/accept",
-    )
-}
-"""What anyone may call without a token (the auth service decides the rest)."""
 
 
 def create_app(settings: Settings) -> FastAPI:
@@ -86,6 +72,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.state.hub = hub
     app.state.public_url = settings.public_url.rstrip("/")
     problems.install(app)
+    access.install(app)
     for module in ROUTERS:
         app.include_router(module.router, prefix=API)
 
@@ -119,10 +106,7 @@ def create_app(settings: Settings) -> FastAPI:
                 "bearer": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"}
             }
             schema["security"] = [{"bearer": []}]
-            for path, item in schema["paths"].items():
-                for method, operation in item.items():
-                    if (method, path) in PUBLIC_OPERATIONS or not path.startswith(API):
-                        operation["security"] = []
+            access.document(schema)
             app.openapi_schema = schema
         return app.openapi_schema
 
