@@ -8,9 +8,10 @@ sudo=""
 [ "$(id -u)" -eq 0 ] || sudo="sudo"
 
 # pkg-config and libvirt-dev build libvirt-python; then a local hypervisor; DejaVu is the
-# Unicode font of invoice PDFs; wrk generates the HTTP load of the gateway benchmark.
+# Unicode font of invoice PDFs; wrk generates the HTTP load of the gateway benchmark;
+# Chromium runs the browser tests.
 packages=(pkg-config libvirt-dev libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients
-    qemu-system-x86 qemu-utils fonts-dejavu-core wrk)
+    qemu-system-x86 qemu-utils fonts-dejavu-core wrk chromium)
 missing=()
 for p in "${packages[@]}"; do
     dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")

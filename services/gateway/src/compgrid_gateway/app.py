@@ -12,7 +12,7 @@ from fastapi.middleware.cors import CORSMiddleware
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from redis.asyncio import Redis
 
-from compgrid_gateway import access, live, problems
+from compgrid_gateway import access, apidocs, live, problems
 from compgrid_gateway.backend import Backend
 from compgrid_gateway.config import Settings
 from compgrid_gateway.edge import Edge, TokenBuckets
@@ -65,7 +65,7 @@ def create_app(settings: Settings) -> FastAPI:
         description=DESCRIPTION,
         lifespan=lifespan,
         openapi_url=f"{API}/openapi.json",
-        docs_url=f"{API}/docs",
+        docs_url=None,
         redoc_url=None,
     )
     app.state.settings = settings
@@ -73,6 +73,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.state.public_url = settings.public_url.rstrip("/")
     problems.install(app)
     access.install(app)
+    apidocs.install(app, API)
     for module in ROUTERS:
         app.include_router(module.router, prefix=API)
 

@@ -129,7 +129,9 @@ class Edge:
 
         async def send_with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":
-                message["headers"] = list(message.get("headers", [])) + extra
+                own = list(message.get("headers", []))
+                named = {name.lower() for name, _ in own}  # a page's own policy wins
+                message["headers"] = own + [h for h in extra if h[0] not in named]
             await send(message)
 
         refusal = self._refusal(scope, headers, path, request_id)
