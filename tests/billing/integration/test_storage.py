@@ -25,6 +25,10 @@ LEDGER = (
     "SELECT hour_start, sum(storage_gib_s) AS gib_s, sum(vcpu_s) AS vcpu_s FROM billing.charge"
     " WHERE instance_id = :i GROUP BY hour_start ORDER BY hour_start"
 )
+RATED_LATE = (
+    "SELECT id FROM billing.charge WHERE instance_id = :i AND hour_start = :h"
+    " AND usage_revision = 1"
+)
 
 
 async def test_a_stopped_disk_is_charged_until_it_is_deleted(
@@ -96,14 +100,22 @@ async def test_late_metering_replaces_an_accrued_hour_without_charging_twice(
             return bool(rows) and rows[0].disk_since is not None
 
         await wait_until(disk_known, 20, "billing knows the disk")
-        await accrue(deps, now=hour(day, 10) + timedelta(hours=1))  # 08:00 and 09:00, no usage
-        await wait_for_rows(clean_billing, LEDGER, 2, i=vm)
-        await world.usage(tenant, vm, hour(day, 9))  # metering's hour comes late
-        await wait_for_rows(
-            clean_billing, "SELECT id FROM billing.charge WHERE instance_id = :i", 3, i=vm
+        # 08:00 and 09:00 without usage; the service's own periodic round may have been first
+        # and accrued every hour since, up to now
+        await accrue(deps, now=hour(day, 10) + timedelta(hours=1))
+        accrued = await query(
+            clean_billing,
+            "SELECT hour_start FROM billing.charge WHERE instance_id = :i AND usage_revision = 0"
+            " AND hour_start < :h ORDER BY hour_start",
+            i=vm,
+            h=hour(day, 10),
         )
+        assert [r.hour_start for r in accrued] == [hour(day, 8), hour(day, 9)]
+        await world.usage(tenant, vm, hour(day, 9))  # metering's hour comes late
+        await wait_for_rows(clean_billing, RATED_LATE, 1, i=vm, h=hour(day, 9))
         rows = await query(clean_billing, LEDGER, i=vm)
-    by_hour = {r.hour_start.hour: r for r in rows}
-    assert by_hour[9].gib_s == 50 * 3600  # the disk once, not twice
-    assert by_hour[9].vcpu_s == 2 * 3600  # and the running hour's vCPU added
-    assert by_hour[8].gib_s == 50 * 3600
+    # keyed by the whole hour: the service's round may have charged the same hours of later days
+    by_hour = {r.hour_start: r for r in rows}
+    assert by_hour[hour(day, 9)].gib_s == 50 * 3600  # the disk once, not twice
+    assert by_hour[hour(day, 9)].vcpu_s == 2 * 3600  # and the running hour's vCPU added
+    assert by_hour[hour(day, 8)].gib_s == 50 * 3600
