@@ -29,6 +29,7 @@ class RpcError(Contract):
     code: str
     message: str
     field: str | None = None
+    retry_after_s: int | None = Field(default=None, ge=0, description="when to try again")
 
 
 class RpcReply(Contract):

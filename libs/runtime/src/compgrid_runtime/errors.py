@@ -15,6 +15,8 @@ class DomainError(Exception):
 
     status = 400
     code = "bad_request"
+    retry_after_s: int | None = None
+    """When throttled: after how many seconds to try again."""
 
     def __init__(self, message: str, *, code: str | None = None, field: str | None = None):
         super().__init__(message)
@@ -60,10 +62,22 @@ class Conflict(DomainError):
 
 
 class TooManyRequests(DomainError):
-    """Throttled; try again later."""
+    """Throttled; try again after ``retry_after_s`` seconds (the gateway's ``Retry-After``)."""
 
     status = 429
     code = "too_many_requests"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        retry_after_s: int,
+        code: str | None = None,
+        field: str | None = None,
+    ):
+        super().__init__(message, code=code, field=field)
+        self.retry_after_s = retry_after_s
+        self.headers = {"Retry-After": str(retry_after_s)}
 
 
 def invalid(errors: Sequence[Mapping[str, Any]], *, skip: Collection[str] = ()) -> Invalid:

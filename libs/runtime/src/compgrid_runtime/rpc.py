@@ -9,7 +9,7 @@ into error replies; handlers see only a :class:`Caller` and a typed body.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from faststream.nats import NatsBroker
@@ -36,6 +36,8 @@ class Caller:
     principal: Principal | None
     client_address: str | None = None
     request_id: str | None = None
+    token: str | None = field(default=None, repr=False)
+    """The caller's verified token, to ask an owning service on the caller's behalf."""
 
     def require(self) -> Principal:
         """Return the principal or refuse an anonymous caller."""
@@ -63,6 +65,9 @@ class RemoteError(DomainError):
     def __init__(self, error: RpcError) -> None:
         super().__init__(error.message, code=error.code, field=error.field)
         self.status = error.status
+        self.retry_after_s = error.retry_after_s
+        if error.retry_after_s is not None:  # the gateway answers it as Retry-After
+            self.headers = {"Retry-After": str(error.retry_after_s)}
 
 
 class ServiceUnavailable(DomainError):
@@ -157,7 +162,8 @@ class RpcServer:
                     raise
         elif not route.public:
             raise Unauthorized("authentication required")
-        return Caller(principal, request.client_address, request.request_id)
+        token = request.token if principal is not None else None
+        return Caller(principal, request.client_address, request.request_id, token)
 
 
 def _validate(model: type[BaseModel] | None, body: dict[str, Any]) -> Any:
@@ -170,7 +176,13 @@ def _validate(model: type[BaseModel] | None, body: dict[str, Any]) -> Any:
 
 
 def _refusal(exc: DomainError) -> RpcReply:
-    error = RpcError(status=exc.status, code=exc.code, message=exc.message, field=exc.field)
+    error = RpcError(
+        status=exc.status,
+        code=exc.code,
+        message=exc.message,
+        field=exc.field,
+        retry_after_s=exc.retry_after_s,
+    )
     return RpcReply(ok=False, error=error)
 
 
