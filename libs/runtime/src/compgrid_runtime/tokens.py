@@ -1,9 +1,18 @@
 """Verifying CompGrid access tokens locally, in every service, from the published JWKS.
 
 The auth service signs short-lived JWTs with Ed25519 (``alg=EdDSA``) and publishes its public
-keys as a JWKS in the ``COMPGRID_AUTH`` key-value bucket, next to one ``disabled.<user id>``
-key per disabled account. :class:`KeyWatcher` keeps a :class:`TokenVerifier` current, so keys
-rotate and accounts are shut out without a restart. Only EdDSA is accepted (never ``none``,
+keys as a JWKS in the ``COMPGRID_AUTH`` key-value bucket, next to:
+
+- ``disabled.<user id>``: one key per disabled account, whose tokens are all refused;
+- ``revoked.<session id>``: a session (signed out) or an API token (revoked) whose access
+  tokens (claim ``sid``) are refused; the value is the time after which every such token has
+  expired anyway, so the entry can be forgotten;
+- ``projects.<user id>``: the account's project roles as they are now. They replace the
+  token's ``projects`` claim, so access follows membership changes made after the token was
+  signed (docs/decisions/0013-current-access.md).
+
+:class:`KeyWatcher` keeps a :class:`TokenVerifier` current, so keys rotate and accounts,
+sessions and memberships change without a restart. Only EdDSA is accepted (never ``none``,
 never an HMAC with the public key as secret); issuer, audience, expiry and token type are
 checked; every failure is the same :class:`~compgrid_runtime.errors.Unauthorized`.
 """
@@ -13,8 +22,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import time
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 from uuid import UUID
@@ -31,6 +41,8 @@ log = get_logger(__name__)
 KEYS_BUCKET = "COMPGRID_AUTH"
 JWKS_KEY = "jwks"
 DISABLED_PREFIX = "disabled."
+REVOKED_PREFIX = "revoked."
+PROJECTS_PREFIX = "projects."
 ISSUER = "compgrid"
 AUDIENCE = "compgrid"
 ALGORITHMS = ["EdDSA"]
@@ -45,6 +57,7 @@ class Principal:
     projects: Mapping[UUID, str] = field(default_factory=dict)
     token_id: str = ""
     expires_at: datetime | None = None
+    session_id: str | None = None
 
     def has_role(self, *roles: str) -> bool:
         """Return True when the caller holds any of the platform roles."""
@@ -63,7 +76,13 @@ def principal_from_claims(claims: Mapping[str, Any]) -> Principal:
         projects={UUID(k): v for k, v in claims.get("projects", {}).items()},
         token_id=str(claims["jti"]),
         expires_at=datetime.fromtimestamp(claims["exp"], UTC),
+        session_id=str(claims["sid"]) if claims.get("sid") else None,
     )
+
+
+def project_roles(value: bytes) -> dict[UUID, str]:
+    """Parse a ``projects.<user id>`` value: {project id: role} as JSON."""
+    return {UUID(k): str(v) for k, v in json.loads(value).items()}
 
 
 class TokenVerifier:
@@ -72,6 +91,8 @@ class TokenVerifier:
     def __init__(self, *, leeway_s: float = 5.0) -> None:
         self._keys: dict[str, Any] = {}
         self._disabled: set[UUID] = set()
+        self._revoked: dict[str, float] = {}  # session id -> when its last token expires
+        self._projects: dict[UUID, Mapping[UUID, str]] = {}
         self._leeway_s = leeway_s
 
     @property
@@ -94,6 +115,23 @@ class TokenVerifier:
         else:
             self._disabled.discard(user_id)
 
+    def set_revoked(self, session_id: str, until: float | None) -> None:
+        """Refuse a session's tokens until ``until`` (epoch seconds); None forgets it."""
+        now = time.time()
+        self._revoked = {s: t for s, t in self._revoked.items() if t > now}
+        if until is None or until <= now:
+            self._revoked.pop(session_id, None)
+        elif session_id:
+            self._revoked[session_id] = until
+
+    def set_projects(self, user_id: UUID, projects: Mapping[UUID, str] | None) -> None:
+        """Use an account's current project roles instead of its tokens' claim (None: the
+        claim again)."""
+        if projects is None:
+            self._projects.pop(user_id, None)
+        else:
+            self._projects[user_id] = projects
+
     def verify(self, token: str) -> Principal:
         """Return the token's principal, or raise Unauthorized for any defect."""
         try:
@@ -115,7 +153,10 @@ class TokenVerifier:
             raise Unauthorized("invalid token") from exc
         if claims.get("typ") != "access" or principal.user_id in self._disabled:
             raise Unauthorized("invalid token")
-        return principal
+        if principal.session_id and self._revoked.get(principal.session_id, 0.0) > time.time():
+            raise Unauthorized("invalid token")
+        current = self._projects.get(principal.user_id)
+        return principal if current is None else replace(principal, projects=current)
 
 
 class KeyWatcher:
@@ -173,3 +214,12 @@ class KeyWatcher:
         elif key.startswith(DISABLED_PREFIX):
             with contextlib.suppress(ValueError):
                 self._verifier.set_disabled(UUID(key.removeprefix(DISABLED_PREFIX)), not deleted)
+        elif key.startswith(REVOKED_PREFIX):
+            with contextlib.suppress(ValueError, TypeError, KeyError):
+                until = None if deleted or not value else float(json.loads(value)["until"])
+                self._verifier.set_revoked(key.removeprefix(REVOKED_PREFIX), until)
+        elif key.startswith(PROJECTS_PREFIX):
+            with contextlib.suppress(ValueError, TypeError, AttributeError):
+                user_id = UUID(key.removeprefix(PROJECTS_PREFIX))
+                roles = None if deleted or not value else project_roles(value)
+                self._verifier.set_projects(user_id, roles)
