@@ -1,4 +1,5 @@
-"""Sessions: login, throttling, rotating refresh tokens, logout and disabled accounts."""
+"""Sessions: login, rotating refresh tokens, logout and disabled accounts (throttling: see
+test_login_throttling.py)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,6 @@ import asyncpg
 import jwt
 import nats
 import pytest
-from redis.asyncio import Redis
 
 from compgrid_auth.use_cases.sessions import LOGIN_FAILED
 from compgrid_runtime.errors import DomainError, Unauthorized
@@ -31,13 +31,6 @@ def _address() -> str:
 
 def _pg_url(real: Servers) -> str:
     return real.database_url.replace("postgresql+asyncpg://", "postgresql://")
-
-
-@pytest.fixture
-async def redis(real: Servers) -> AsyncIterator[Redis]:
-    client = Redis.from_url(real.redis_url)
-    yield client
-    await client.aclose()
 
 
 @pytest.fixture
@@ -174,82 +167,6 @@ async def test_wrong_password_unknown_email_and_disabled_user_get_the_same_error
         assert error.field is None
     # the account itself is fine: the right password still works
     assert auth.app.verifier.verify(await auth.login(email)).user_id == uuid.UUID(user_id)
-
-
-# --- throttling -------------------------------------------------------------------------------
-
-
-def _lock_key(real: Servers, kind: str, value: str) -> str:
-    return f"{real.redis_prefix}auth:login:lock:{kind}:{value}"
-
-
-def _fail_key(real: Servers, kind: str, value: str) -> str:
-    return f"{real.redis_prefix}auth:login:fail:{kind}:{value}"
-
-
-async def test_account_is_locked_after_five_failures_with_a_growing_window(
-    auth: AuthHarness, real: Servers, redis: Redis
-) -> None:
-    _, email = await auth.user()
-    lock = _lock_key(real, "acct", email)
-    bad = {"email": email, "password": "definitely wrong password"}
-
-    for attempt in range(1, 5):  # each from another address: only the account counts
-        error = await auth.refused("login", bad, address=_address())
-        assert error.status == 401
-        assert not await redis.exists(lock), f"locked after only {attempt} failures"
-    error = await auth.refused("login", bad, address=_address())
-    assert error.status in (401, 429)
-    first = await redis.pttl(lock)
-    assert 0 < first <= 1000
-
-    # the right password is refused while the account is locked, with the same answer
-    locked = await auth.refused("login", {"email": email, "password": PASSWORD}, address=_address())
-    assert locked.status in (401, 429)
-    assert locked.message == LOGIN_FAILED
-    assert await redis.get(_fail_key(real, "acct", email)) == b"5"  # not counted while locked
-
-    # each further failure after the lock has run out doubles it
-    windows = []
-    for _ in range(3):
-        await redis.delete(lock)  # the lock ran out
-        await auth.refused("login", bad, address=_address())
-        windows.append(await redis.pttl(lock))
-    assert 1000 < windows[0] <= 2000
-    assert 2000 < windows[1] <= 4000
-    assert 4000 < windows[2] <= 8000
-    refused = await auth.refused(
-        "login", {"email": email, "password": PASSWORD}, address=_address()
-    )
-    assert refused.message == LOGIN_FAILED
-
-    # once the lock is over, the right password works and clears the count
-    await redis.delete(lock)
-    assert await auth.login(email)
-    assert not await redis.exists(_fail_key(real, "acct", email))
-
-
-async def test_a_client_address_failing_for_many_accounts_is_locked(
-    auth: AuthHarness, real: Servers, redis: Redis
-) -> None:
-    _, email = await auth.user()
-    address = _address()
-    for i in range(20):
-        await auth.refused(
-            "login",
-            {"email": f"spray-{i}-{uuid.uuid4().hex[:8]}@example.org", "password": PASSWORD},
-            address=address,
-        )
-    assert await redis.exists(_lock_key(real, "addr", address))
-
-    # a real account with the right password is refused from that address...
-    refused = await auth.refused("login", {"email": email, "password": PASSWORD}, address=address)
-    assert refused.status in (401, 429)
-    assert refused.message == LOGIN_FAILED
-    assert not await redis.exists(_lock_key(real, "acct", email))
-    # ...and works from another one
-    pair = await _login_pair(auth, email, address=_address())
-    assert pair["refresh_token"]
 
 
 # --- refresh ----------------------------------------------------------------------------------

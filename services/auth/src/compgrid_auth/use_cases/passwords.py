@@ -19,6 +19,7 @@ from compgrid_auth.domain.emails import normalise_email
 from compgrid_auth.domain.passwords import check_password
 from compgrid_auth.use_cases.audit import record
 from compgrid_auth.use_cases.deps import Deps
+from compgrid_auth.use_cases.guessing import check_throttle
 from compgrid_events import utc_now
 from compgrid_events.auth_api import (
     AcceptInvitation,
@@ -64,11 +65,13 @@ async def change_password(deps: Deps, caller: Caller, body: ChangePassword) -> d
     principal = caller.require()
     async with deps.uow() as uow:
         user = await get_user(uow.session, principal.user_id, lock=True)
+        await check_throttle(deps, user.email, caller.client_address)  # same guesses as login
         if not await deps.hasher.verify(user.password_hash, body.current_password):
             raise Invalid("current_password: does not match", field="current_password")
         await _set_password(deps, uow, user, body.new_password, field="new_password")
         await record(uow, caller, "user.password_change", "user", user.id)
         await uow.commit()
+    await deps.throttle.succeeded(user.email, caller.client_address)
     return {"changed": True}
 
 

@@ -1,9 +1,9 @@
 """Login, refresh (rotating), logout, and trading an API token for an access token.
 
-Every failure of login says the same thing, whatever went wrong, and a throttled account or
-address is refused before any password is checked (see adapters/throttle.py). Refresh tokens
-rotate on every use; presenting one that was already rotated revokes its whole family, since
-only a thief would still hold it.
+Every failure of login says the same thing, whatever went wrong; a throttled attempt is
+refused (429, with when to retry) before any password is checked (see adapters/throttle.py).
+Refresh tokens rotate on every use; presenting one that was already rotated revokes its whole
+family, since only a thief would still hold it.
 """
 
 from __future__ import annotations
@@ -20,13 +20,14 @@ from compgrid_auth.adapters.secrets import digest, new_secret
 from compgrid_auth.adapters.tables import api_token, refresh_token, user_account
 from compgrid_auth.use_cases.audit import record
 from compgrid_auth.use_cases.deps import Deps
+from compgrid_auth.use_cases.guessing import check_throttle
 from compgrid_events import utc_now, uuid7
 from compgrid_events.auth_api import ExchangeApiToken, Login, Refresh, TokenPair
 from compgrid_runtime.errors import Unauthorized
 from compgrid_runtime.rpc import Caller
 from compgrid_runtime.uow import UnitOfWork
 
-LOGIN_FAILED = "invalid email or password, or too many attempts; try again later"
+LOGIN_FAILED = "invalid email or password"
 
 
 async def _issue(deps: Deps, uow: UnitOfWork, user: Any, family: UUID | None) -> TokenPair:
@@ -51,8 +52,9 @@ async def login(deps: Deps, caller: Caller, body: Login) -> TokenPair:
     """Email + password → access and refresh tokens, or one generic refusal."""
     email = body.email.strip().lower()
     address = caller.client_address
-    if len(body.password) > 128 or not await deps.throttle.attempt(email, address):
+    if len(body.password) > 128:
         raise Unauthorized(LOGIN_FAILED, code="login_failed")
+    await check_throttle(deps, email, address)
     async with deps.uow() as uow:  # no connection is held while the hash runs
         user = await find_user_by_email(uow.session, email)
     stored = user.password_hash if user is not None and user.status == "active" else None

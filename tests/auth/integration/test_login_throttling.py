@@ -1,0 +1,200 @@
+"""Password guessing is slowed per account-and-address, per address and (for addresses the
+owner never used) per account, answered 429 with when to retry, and never locks the owner out."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator
+
+import pytest
+from redis.asyncio import Redis
+
+from compgrid_auth.use_cases.guessing import THROTTLED
+from compgrid_auth.use_cases.sessions import LOGIN_FAILED
+from compgrid_runtime.errors import DomainError
+from tests.auth.integration.conftest import PASSWORD, AuthHarness
+from tests.harness.servers import Servers
+
+pytestmark = [pytest.mark.postgres, pytest.mark.nats, pytest.mark.redis]
+
+WRONG = "definitely not the password"
+WARNING_SUBJECT = "Someone is trying to sign in to your CompGrid account"
+
+
+def _address() -> str:
+    """A client address of this test alone."""
+    n = uuid.uuid4().int
+    return f"10.{n % 250}.{(n >> 8) % 250}.{(n >> 16) % 250}"
+
+
+@pytest.fixture
+async def redis(real: Servers) -> AsyncIterator[Redis]:
+    client = Redis.from_url(real.redis_url)
+    yield client
+    await client.aclose()
+
+
+def _lock(real: Servers, kind: str, value: str) -> str:
+    return f"{real.redis_prefix}auth:login:lock:{kind}:{value}"
+
+
+async def _guess(auth: AuthHarness, email: str, password: str, address: str) -> DomainError:
+    return await auth.refused("login", {"email": email, "password": password}, address=address)
+
+
+def _warnings(auth: AuthHarness, email: str) -> int:
+    return sum(1 for m in auth.inbox.to(email) if m["Subject"] == WARNING_SUBJECT)
+
+
+async def test_thirty_wrong_passwords_are_answered_429_and_the_owner_still_gets_in(
+    auth: AuthHarness,
+) -> None:
+    _, email = await auth.user()
+    attacker = _address()
+
+    errors = [await _guess(auth, email, f"{WRONG} {i}", attacker) for i in range(30)]
+
+    assert [e.status for e in errors[:5]] == [401] * 5
+    throttled = [e for e in errors if e.status == 429]
+    assert len(throttled) >= 20
+    for error in throttled:
+        assert error.code == "too_many_attempts"
+        assert error.message == THROTTLED
+        assert error.retry_after_s is not None
+        assert error.retry_after_s >= 1
+    # the attacker's address stays slowed down, whatever it sends...
+    refused = await _guess(auth, email, PASSWORD, attacker)
+    assert refused.status == 429
+    # ...while the owner signs in from anywhere else at once
+    assert auth.app.verifier.verify(await auth.login(email, address=_address()))
+    # and is told once, not thirty times
+    assert _warnings(auth, email) == 1
+
+
+async def test_each_further_guess_from_an_address_waits_twice_as_long(
+    auth: AuthHarness, real: Servers, redis: Redis
+) -> None:
+    _, email = await auth.user()
+    attacker = _address()
+    lock = _lock(real, "pair", f"{email}|{attacker}")
+    for _ in range(4):
+        await _guess(auth, email, WRONG, attacker)
+        assert not await redis.exists(lock)
+    await _guess(auth, email, WRONG, attacker)
+    windows = [await redis.pttl(lock)]
+    for _ in range(3):
+        await redis.delete(lock)  # the wait is over
+        await _guess(auth, email, WRONG, attacker)
+        windows.append(await redis.pttl(lock))
+
+    assert 0 < windows[0] <= 1000
+    assert 1000 < windows[1] <= 2000
+    assert 2000 < windows[2] <= 4000
+    assert 4000 < windows[3] <= 8000
+    refused = await _guess(auth, email, PASSWORD, attacker)
+    assert refused.status == 429
+    assert refused.retry_after_s is not None
+    assert 4 <= refused.retry_after_s <= 8
+
+
+async def test_a_distributed_attack_slows_new_addresses_but_not_the_owners_own(
+    auth: AuthHarness,
+) -> None:
+    _, email = await auth.user()
+    home = _address()
+    assert await auth.login(email, address=home)  # where the owner usually signs in
+
+    for _ in range(5):  # five addresses, one guess each
+        await _guess(auth, email, WRONG, _address())
+
+    stranger = await _guess(auth, email, PASSWORD, _address())
+    assert stranger.status == 429
+    assert stranger.retry_after_s is not None
+    assert auth.app.verifier.verify(await auth.login(email, address=home))
+    assert _warnings(auth, email) == 1
+
+
+async def test_an_address_guessing_many_accounts_is_slowed_for_all_of_them(
+    auth: AuthHarness,
+) -> None:
+    _, email = await auth.user()
+    address = _address()
+    for i in range(20):
+        spray = f"spray-{i}-{uuid.uuid4().hex[:8]}@example.org"
+        assert (await _guess(auth, spray, PASSWORD, address)).status == 401
+
+    refused = await _guess(auth, email, PASSWORD, address)
+    assert refused.status == 429
+    assert refused.message == THROTTLED
+    # the account itself is not slowed: its owner gets in from elsewhere
+    assert await auth.login(email, address=_address())
+    assert _warnings(auth, email) == 0
+
+
+async def test_unknown_accounts_are_throttled_like_real_ones(auth: AuthHarness) -> None:
+    nobody = f"nobody-{uuid.uuid4().hex[:10]}@example.org"
+    _, email = await auth.user()
+    for target in (nobody, email):
+        address = _address()
+        statuses = [(await _guess(auth, target, WRONG, address)).status for _ in range(7)]
+        assert statuses == [401] * 5 + [429] * 2
+    assert (await _guess(auth, nobody, WRONG, _address())).message == LOGIN_FAILED
+
+
+async def test_a_burst_of_parallel_guesses_checks_at_most_five_passwords(
+    auth: AuthHarness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _, email = await auth.user()
+    checked: list[str] = []
+    real_verify = auth.deps.hasher.verify
+
+    async def spy(password_hash: str | None, password: str) -> bool:
+        checked.append(password)
+        return await real_verify(password_hash, password)
+
+    monkeypatch.setattr(auth.deps.hasher, "verify", spy)
+
+    async def guess(i: int) -> int:
+        with pytest.raises(DomainError) as refused:
+            await auth.call(
+                "login", {"email": email, "password": f"guess number {i:04d}"}, address=_address()
+            )
+        return refused.value.status
+
+    statuses = await asyncio.gather(*(guess(i) for i in range(30)))
+
+    assert set(statuses) == {401, 429}
+    assert len(checked) <= 5
+
+
+async def test_good_logins_do_not_use_up_an_address(auth: AuthHarness) -> None:
+    # A lab behind one NAT address logs in all day; only failures may count against it.
+    _, email = await auth.user()
+    address = _address()
+    for _ in range(25):
+        assert await auth.login(email, address=address)
+
+
+async def test_wrong_current_passwords_are_throttled_the_same_way(auth: AuthHarness) -> None:
+    _, email = await auth.user()
+    token = await auth.login(email)
+    thief = _address()
+    body = {"current_password": WRONG, "new_password": "another fine passphrase 42"}
+
+    errors = [await auth.refused("change_password", body, token=token, address=thief)]
+    errors += [
+        await auth.refused("change_password", body, token=token, address=thief) for _ in range(9)
+    ]
+
+    assert [e.status for e in errors[:5]] == [422] * 5
+    assert {e.status for e in errors[5:]} == {429}
+    assert all(e.retry_after_s for e in errors[5:])
+    # the same guesses count against signing in from there
+    assert (await _guess(auth, email, PASSWORD, thief)).status == 429
+    # the owner, elsewhere, changes the password with the right one
+    right = {**body, "current_password": PASSWORD}
+    assert await auth.call("change_password", right, token=token, address=_address()) == {
+        "changed": True
+    }
+    assert _warnings(auth, email) == 1
