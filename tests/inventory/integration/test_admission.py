@@ -14,7 +14,7 @@ import json
 import uuid
 from collections import Counter
 from collections.abc import AsyncIterator
-from datetime import date, timedelta
+from datetime import date, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
@@ -31,6 +31,8 @@ from compgrid_events.inventory import (
     ApprovalRequested,
     InstanceRejected,
     InstanceScheduled,
+    InstanceState,
+    InstanceStateChanged,
     InstanceStopRequested,
 )
 from compgrid_events.provisioner import InstanceDeleted, InstanceFailed, InstanceStopped
@@ -49,6 +51,7 @@ from tests.inventory.integration.conftest import (
     report,
     running_instance,
     state_of,
+    stopped,
     tag,
     wait_state,
 )
@@ -412,6 +415,38 @@ async def test_exhaustion_that_stops_instances_stops_only_the_codes_instances(
         "instances.request", lab.request(budget_code_id=other_code), token=lab.member
     )
     assert other["state"] == "scheduled", other
+
+
+async def test_an_instance_stopped_because_its_grant_ran_out_says_so(
+    inventory: InventoryHarness, lab: Lab, commands: Commands, db: asyncpg.Connection
+) -> None:
+    running, scheduled = await running_instance(inventory, lab, commands)
+    assert (running["reason_code"], running["reason"]) == (None, None)
+
+    async with StreamWatch.of(inventory.nc, InstanceStateChanged) as changes:
+        await exhausted(inventory, db, lab, HardLimitBehaviour.STOP_INSTANCES)
+        stopping = await wait_state(inventory, lab, running["id"], "stopping")
+        assert stopping["reason_code"] == "budget_exhausted"
+        code = await db.fetchval(
+            "SELECT code FROM inventory.budget WHERE id = $1", uuid.UUID(lab.budget_code_id)
+        )
+        assert f"budget code {code} is exhausted" in stopping["reason"], stopping["reason"]
+
+        await inventory.publish(stopped(scheduled))
+        halted = await wait_state(inventory, lab, running["id"], "stopped")
+        assert (halted["reason_code"], halted["reason"]) == ("budget_exhausted", stopping["reason"])
+        said = await changes.wait_settled(InstanceStateChanged, running["id"], count=2)
+    assert [(e.state, e.reason_code, e.reason) for e in said] == [
+        (InstanceState.STOPPING, "budget_exhausted", stopping["reason"]),
+        (InstanceState.STOPPED, "budget_exhausted", stopping["reason"]),
+    ]
+
+    # Started again (funds raised): the old reason no longer applies.
+    await budget_status(inventory, db, lab, version=50, available="10000")
+    await inventory.call("instances.start", {"instance_id": running["id"]}, token=lab.member)
+    started_again = await state_of(inventory, lab, running["id"])
+    assert started_again["state"] == "starting"
+    assert (started_again["reason_code"], started_again["reason"]) == (None, None)
 
 
 async def test_exhaustion_that_blocks_new_keeps_running_instances_running(
@@ -842,6 +877,66 @@ async def test_bad_requests_are_refused_clearly_and_change_nothing(
     assert finance_view["id"] == existing["id"]
     await guard.refused("instances.stop", ref, token=lab.finance, expect=(403, None))
     assert (await state_of(inventory, lab, existing["id"]))["state"] == "scheduled"
+
+
+async def test_a_budget_code_the_projection_lacks_yet_is_read_through_from_auth(
+    inventory: InventoryHarness, lab: Lab, db: asyncpg.Connection
+) -> None:
+    """A grant auth has just created may not have reached the inventory's projection: the
+    request still goes through, by the code's id or by its code, and never for another
+    project's code."""
+    code = f"NEW-{tag()}"
+    fresh_id = await budget_code(inventory, db, lab.project_id, code=code)
+    forget = "DELETE FROM inventory.budget WHERE id = $1"
+    await db.execute(forget, uuid.UUID(fresh_id))  # as if its event had not arrived yet
+
+    by_code = await inventory.call(
+        "instances.request", lab.request(budget_code_id=code), token=lab.member
+    )
+    assert (by_code["state"], by_code["budget_code_id"]) == ("scheduled", fresh_id)
+    kept = await db.fetchrow(
+        "SELECT code, currency, status, auth_version FROM inventory.budget WHERE id = $1",
+        uuid.UUID(fresh_id),
+    )
+    assert tuple(kept) == (code, "EUR", "active", 1)
+
+    await db.execute(forget, uuid.UUID(fresh_id))
+    by_id = await inventory.call(
+        "instances.request", lab.request(budget_code_id=fresh_id), token=lab.member
+    )
+    assert (by_id["state"], by_id["budget_code_id"]) == ("scheduled", fresh_id)
+
+    other = await make_lab(inventory, db, hosts=1)
+    theirs = await db.fetchval(
+        "SELECT code FROM inventory.budget WHERE id = $1", uuid.UUID(other.budget_code_id)
+    )
+    await db.execute(forget, uuid.UUID(other.budget_code_id))
+    for ref in (theirs, other.budget_code_id, f"NONE-{tag()}"):
+        error = await inventory.refused(
+            "instances.request", lab.request(budget_code_id=ref), token=lab.member
+        )
+        assert (error.status, error.field) == (404, "budget_code_id"), ref
+
+
+async def test_an_instance_shows_its_budget_hold_until_it_stops(
+    inventory: InventoryHarness, lab: Lab, commands: Commands
+) -> None:
+    ends = (utc_now() + timedelta(hours=3)).replace(microsecond=0)
+    leased = await inventory.call(
+        "instances.request", lab.request(lease_ends_at=ends.isoformat()), token=lab.member
+    )
+    hold = leased["hold"]
+    assert hold["amount"]["currency"] == "EUR"
+    assert abs(Decimal(hold["amount"]["amount"]) - SMALL_HOURLY * 3) < SMALL_HOURLY / 100
+    assert Decimal("2.99") <= Decimal(hold["hours"]) <= Decimal("3.00")
+    assert datetime.fromisoformat(hold["until"]) == ends
+
+    running, scheduled = await running_instance(inventory, lab, commands)
+    assert Decimal(running["hold"]["amount"]["amount"]) == SMALL_HOURLY * 24
+    assert Decimal(running["hold"]["hours"]) == Decimal("24.00")
+    await inventory.call("instances.stop", {"instance_id": running["id"]}, token=lab.member)
+    await inventory.publish(stopped(scheduled))
+    assert (await wait_state(inventory, lab, running["id"], "stopped"))["hold"] is None
 
 
 async def test_actions_illegal_in_the_current_state_change_nothing(

@@ -160,6 +160,9 @@ class InstanceStateChanged(_InstanceEvent):
     project_id: UUID
     state: InstanceState
     reason: str = ""
+    reason_code: str | None = Field(
+        default=None, description="stable code of the reason (e.g. budget_exhausted)"
+    )
 
 
 class _ProvisionCommand(_InstanceEvent):

@@ -272,12 +272,22 @@ class InstanceTypePublic(Contract):
     retired_at: datetime | None
 
 
+BudgetCodeRef = Annotated[
+    str,
+    StringConstraints(
+        strip_whitespace=True, min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._/-]+$"
+    ),
+    Field(description="the budget code's id or its code (e.g. DEMO-GRANT-1)"),
+]
+"""A budget code as people type it: its id or its code."""
+
+
 class RequestInstance(Contract):
     """A researcher asks for an instance."""
 
     name: Name
     project_id: UUID
-    budget_code_id: UUID
+    budget_code_id: BudgetCodeRef
     instance_type: str = Field(min_length=1, max_length=64, description="type name or id")
     image: str = Field(min_length=1, max_length=64, description="image name or id")
     datacenter: RoutingToken | None = None
@@ -302,7 +312,7 @@ class RequestByRequirements(Contract):
 
     name: Name
     project_id: UUID
-    budget_code_id: UUID
+    budget_code_id: BudgetCodeRef
     requirements: Requirements
     image: str | None = Field(
         default=None, min_length=1, max_length=64, description="default: newest of the system type"
@@ -354,6 +364,15 @@ class ListInstances(Contract):
     limit: Limit = 50
 
 
+class InstanceHold(Contract):
+    """What admission set aside on the budget code for an instance: its hourly price over the
+    admission horizon, or until its lease ends when that is sooner."""
+
+    amount: Money
+    hours: Decimal = Field(description="the horizon the amount pays for")
+    until: datetime = Field(description="the end of the horizon")
+
+
 class InstancePublic(Contract):
     """An instance as its owners see it."""
 
@@ -377,6 +396,9 @@ class InstancePublic(Contract):
     host: str | None
     addresses: list[str]
     lease_ends_at: datetime | None
+    hold: InstanceHold | None = Field(
+        default=None, description="the budget hold while the instance is admitted and running"
+    )
     created_at: datetime
     updated_at: datetime
 

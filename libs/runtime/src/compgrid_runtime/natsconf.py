@@ -32,6 +32,8 @@ LIVE_SUBJECTS = ["inventory.instance.state_changed"]
 """Event subjects the gateway follows on core NATS (nothing durable) to stream them live."""
 CALLS: dict[str, tuple[str, ...]] = {
     "gateway": ("auth", "inventory", "provisioner", "metering", "billing"),
+    # a budget code its projection does not know yet is read through from its owner
+    "inventory": ("auth",),
 }
 _READ_API = (
     "$JS.API.INFO",

@@ -98,6 +98,7 @@ def _change(event: dict[str, Any]) -> dict[str, Any]:
         "state": event.get("state"),
         "version": event.get("version"),
         "reason": event.get("reason", ""),
+        "reason_code": event.get("reason_code"),
         "at": event.get("occurred_at"),
     }
 

@@ -25,3 +25,6 @@ class Settings(ServiceSettings):
     lease_grace_s: float = Field(default=7 * 24 * 3600.0, ge=0, description="stopped → deleted")
     lease_check_interval_s: float = Field(default=60.0, gt=0)
     repair_interval_s: float = Field(default=300.0, gt=0)
+    owner_timeout_s: float = Field(
+        default=3.0, gt=0, le=30, description="reading through to auth for a new budget code"
+    )

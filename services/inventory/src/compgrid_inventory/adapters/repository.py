@@ -8,11 +8,12 @@ from typing import Any
 from uuid import UUID
 
 from sqlalchemy import Integer, Select, cast, column, func, or_, select
+from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from compgrid_events.base import Money
 from compgrid_events.inventory import GpuCount, InstanceState, Resources
-from compgrid_events.inventory_api import InstancePublic
+from compgrid_events.inventory_api import InstanceHold, InstancePublic
 from compgrid_inventory.adapters.tables import (
     budget,
     datacenter,
@@ -64,6 +65,17 @@ def resources(row: Any) -> Resources:
     )
 
 
+def _hold(row: Any) -> InstanceHold | None:
+    if row.hold_amount is None or row.hold_until is None:
+        return None
+    hours = Decimal((row.hold_until - row.hold_placed_at).total_seconds()) / 3600
+    return InstanceHold(
+        amount=Money(amount=row.hold_amount, currency=row.currency),
+        hours=hours.quantize(Decimal("0.01")),
+        until=row.hold_until,
+    )
+
+
 def instance_public(row: Any) -> InstancePublic:
     """An instance row in public shape."""
     return InstancePublic(
@@ -87,6 +99,7 @@ def instance_public(row: Any) -> InstancePublic:
         host=row.host_name,
         addresses=row.addresses,
         lease_ends_at=row.lease_ends_at,
+        hold=_hold(row),
         created_at=row.created_at,
         updated_at=row.updated_at,
     )
@@ -107,6 +120,26 @@ async def get_budget(session: AsyncSession, budget_code_id: UUID, project_id: UU
     if row is None or row.project_id != project_id:
         raise NotFound("no such budget code in this project", field="budget_code_id")
     return row
+
+
+async def find_budget(session: AsyncSession, ref: str, project_id: UUID) -> Any | None:
+    """A budget code of the project by id or code, or None when the projection lacks it."""
+    condition = budget.c.code == ref
+    with contextlib.suppress(ValueError):
+        condition = or_(condition, budget.c.id == UUID(ref))
+    query = select(budget).where(condition, budget.c.project_id == project_id)
+    return (await session.execute(query)).first()
+
+
+async def save_budget(session: AsyncSession, budget_code_id: UUID, values: dict[str, Any]) -> None:
+    """Keep a budget code as auth describes it (a newer version wins, whatever the order)."""
+    statement = pg_insert(budget).values(id=budget_code_id, **values)
+    statement = statement.on_conflict_do_update(
+        index_elements=[budget.c.id],
+        set_=values,
+        where=budget.c.auth_version < statement.excluded.auth_version,
+    )
+    await session.execute(statement)
 
 
 async def unconfirmed_holds(session: AsyncSession, budget_code_id: UUID) -> Decimal:

@@ -252,6 +252,10 @@ instance = Table(
     Column("lease_ends_at", DateTime(timezone=True), nullable=True),
     Column("lease_warned_at", DateTime(timezone=True), nullable=True),
     Column("lease_stopped_at", DateTime(timezone=True), nullable=True),
+    # The admission hold placed for the instance (shown to its owners), until it stops.
+    Column("hold_amount", Numeric(18, 6), nullable=True),
+    Column("hold_placed_at", DateTime(timezone=True), nullable=True),
+    Column("hold_until", DateTime(timezone=True), nullable=True),
     _created_at(),
     Column("updated_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
     Index("ix_instance_project", "project_id", "id"),

@@ -27,7 +27,7 @@ from compgrid_events.provisioner import (
     InstanceStarted,
     InstanceStopped,
 )
-from compgrid_inventory.adapters.repository import get_instance, instance_query
+from compgrid_inventory.adapters.repository import get_instance, instance_query, save_budget
 from compgrid_inventory.adapters.tables import budget, datacenter, hold, host, instance, project
 from compgrid_inventory.domain.lifecycle import UP, Report, after_report
 from compgrid_inventory.use_cases.catalog import set_host
@@ -72,13 +72,7 @@ async def on_budget_code(event: BudgetCodeCreated | BudgetCodeUpdated, uow: Unit
         "hard_limit_behaviour": event.hard_limit_behaviour.value,
         "auth_version": event.version,
     }
-    statement = pg_insert(budget).values(id=event.budget_code_id, **values)
-    statement = statement.on_conflict_do_update(
-        index_elements=[budget.c.id],
-        set_=values,
-        where=budget.c.auth_version < statement.excluded.auth_version,
-    )
-    await uow.session.execute(statement)
+    await save_budget(uow.session, event.budget_code_id, values)
 
 
 # Billing ----------------------------------------------------------------------------------
@@ -125,6 +119,9 @@ async def on_budget_exhausted(event: BudgetExhausted, uow: UnitOfWork) -> None:
     )
     if event.behaviour.value != "stop_instances":
         return
+    code = await uow.session.scalar(
+        select(budget.c.code).where(budget.c.id == event.budget_code_id)
+    )
     rows = (
         await uow.session.execute(
             instance_query()
@@ -136,7 +133,12 @@ async def on_budget_exhausted(event: BudgetExhausted, uow: UnitOfWork) -> None:
         )
     ).all()
     for row in rows:
-        await request_stop(uow, row, "the budget code is exhausted")
+        await request_stop(
+            uow,
+            row,
+            f"budget code {code} is exhausted: its grant ran out",
+            reason_code="budget_exhausted",
+        )
     log.info(
         "budget exhausted: instances stopped",
         budget_code=str(event.budget_code_id),

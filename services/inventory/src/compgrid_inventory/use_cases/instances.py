@@ -40,7 +40,6 @@ from compgrid_inventory.adapters import claims
 from compgrid_inventory.adapters.repository import (
     find_image,
     find_type,
-    get_budget,
     get_instance,
     get_project,
     instance_public,
@@ -58,6 +57,7 @@ from compgrid_inventory.domain.admission import Policy, Refused, approval_needed
 from compgrid_inventory.domain.lifecycle import Action, after_action
 from compgrid_inventory.domain.placement import Constraints, Demand, NoPlacement, Strategy
 from compgrid_inventory.domain.pricing import hourly_price
+from compgrid_inventory.use_cases.budgets import budget_for_request
 from compgrid_inventory.use_cases.catalog import current_price, current_rates, datacenter_by_name
 from compgrid_inventory.use_cases.deps import Deps
 from compgrid_inventory.use_cases.lifecycle import (
@@ -111,20 +111,25 @@ async def request_instance(deps: Deps, caller: Caller, body: RequestInstance) ->
     principal = _member(caller, body.project_id)
     async with deps.uow() as uow:
         kind = await find_type(uow.session, body.instance_type)
-        row = await _request(deps, uow, principal, body, kind)
+        row = await _request(deps, uow, caller, principal, body, kind)
         await uow.commit()
     return instance_public(row)
 
 
 async def _request(
-    deps: Deps, uow: UnitOfWork, principal: Principal, body: RequestInstance, kind: Any
+    deps: Deps,
+    uow: UnitOfWork,
+    caller: Caller,
+    principal: Principal,
+    body: RequestInstance,
+    kind: Any,
 ) -> Any:
     """Validate, record and admit one request (shared by both ways of asking)."""
     session = uow.session
     now = utc_now()
     # Validation and the new row need no lock; admission (quota, budget) takes the project's.
     project_row = await get_project(session, body.project_id)
-    code = await get_budget(session, body.budget_code_id, body.project_id)
+    code = await budget_for_request(deps, caller, session, body.budget_code_id, body.project_id)
     picture = await find_image(session, body.image)
     if kind.system_types and picture.system_type not in kind.system_types:
         raise Invalid(
@@ -163,7 +168,7 @@ async def _request(
         "id": instance_id,
         "name": body.name,
         "project_id": body.project_id,
-        "budget_code_id": body.budget_code_id,
+        "budget_code_id": code.id,
         "requested_by": principal.user_id,
         "instance_type_id": kind.id,
         "instance_type": kind.name,
@@ -248,19 +253,19 @@ async def request_by_requirements(
                 )
         else:
             picture = await find_image(session, body.image)
-        code = await get_budget(session, body.budget_code_id, body.project_id)
+        code = await budget_for_request(deps, caller, session, body.budget_code_id, body.project_id)
         kind = await _cheapest(uow, wanted, body.datacenter, code.currency)
         request = RequestInstance(
             name=body.name,
             project_id=body.project_id,
-            budget_code_id=body.budget_code_id,
+            budget_code_id=str(code.id),
             instance_type=str(kind.id),
             image=str(picture.id),
             datacenter=body.datacenter,
             ssh_public_key=body.ssh_public_key,
             lease_ends_at=body.lease_ends_at,
         )
-        row = await _request(deps, uow, principal, request, kind)
+        row = await _request(deps, uow, caller, principal, request, kind)
         await uow.commit()
     return instance_public(row)
 
@@ -399,7 +404,7 @@ async def act(deps: Deps, caller: Caller, body: InstanceRef, *, action: Action) 
                 )
             )
         elif action is Action.STOP:
-            row = await request_stop(uow, row, "stopped by a user")
+            row = await request_stop(uow, row, "stopped by a user", reason_code="stopped_by_user")
         elif action is Action.REBOOT:
             await uow.session.execute(
                 update(instance).where(instance.c.id == row.id).values(commanded_at=func.now())

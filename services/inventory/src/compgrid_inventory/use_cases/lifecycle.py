@@ -48,6 +48,8 @@ from compgrid_inventory.use_cases.deps import Deps
 from compgrid_runtime.uow import UnitOfWork
 
 S = InstanceState
+_UNEXPLAINED = frozenset({S.REQUESTED, S.SCHEDULED, S.STARTING, S.RUNNING})
+"""States an instance is in because it was asked to run: no earlier reason applies."""
 
 
 async def transition(
@@ -59,12 +61,18 @@ async def transition(
     reason: str | None = None,
     **values: Any,
 ) -> Any:
-    """Write the new state (and other columns), bump the version, publish the change."""
+    """Write the new state (and other columns), bump the version, publish the change.
+
+    The reason says why the instance is where it is: a change without one keeps it (a stop
+    confirmed by the provisioner still says why it was stopped), except on the way back up.
+    """
     if state in (S.FAILED, S.REJECTED) and not reason:
         raise ValueError(f"{state.value} needs a reason")
     changes: dict[str, Any] = {"state": state.value, "updated_at": func.now(), **values}
     if reason is not None:
         changes.update(reason_code=reason_code, reason=reason)
+    elif state in _UNEXPLAINED:
+        changes.update(reason_code=None, reason=None)
     await uow.session.execute(
         update(instance)
         .where(instance.c.id == row.id)
@@ -81,7 +89,8 @@ async def transition(
             version=new.version,
             project_id=row.project_id,
             state=state,
-            reason=reason or "",
+            reason=new.reason or "",
+            reason_code=new.reason_code,
         )
     )
     if state is S.REJECTED:
@@ -100,6 +109,11 @@ async def transition(
 async def release_hold(uow: UnitOfWork, instance_id: Any) -> None:
     """Drop the admission hold of an instance that no longer runs (idempotent)."""
     await uow.session.execute(delete(hold).where(hold.c.instance_id == instance_id))
+    await uow.session.execute(
+        update(instance)
+        .where(instance.c.id == instance_id)
+        .values(hold_amount=None, hold_placed_at=None, hold_until=None)
+    )
 
 
 def limits(deps: Deps, project_row: Any) -> Limits:
@@ -136,6 +150,9 @@ async def check_and_hold(
         code = await get_budget(uow.session, row.budget_code_id, row.project_id)
     horizon = timedelta(hours=deps.settings.admission_horizon_hours)
     cost = projected_cost(row.hourly_price, horizon, now, row.lease_ends_at)
+    until = now + horizon
+    if row.lease_ends_at is not None:
+        until = max(now, min(until, row.lease_ends_at))
     view = Budget(
         code=code.code,
         currency=code.currency,
@@ -153,6 +170,11 @@ async def check_and_hold(
             index_elements=[hold.c.instance_id],
             set_={"budget_code_id": held.excluded.budget_code_id, "amount": held.excluded.amount},
         )
+    )
+    await uow.session.execute(
+        update(instance)
+        .where(instance.c.id == row.id)
+        .values(hold_amount=cost, hold_placed_at=now, hold_until=until)
     )
     return cost
 
@@ -258,9 +280,11 @@ async def schedule(
     return row
 
 
-async def request_stop(uow: UnitOfWork, row: Any, reason: str) -> Any:
-    """Ask the provisioner to stop a running (or starting) instance."""
-    row = await transition(uow, row, S.STOPPING, commanded_at=func.now())
+async def request_stop(uow: UnitOfWork, row: Any, reason: str, *, reason_code: str) -> Any:
+    """Ask the provisioner to stop a running (or starting) instance, saying why on it."""
+    row = await transition(
+        uow, row, S.STOPPING, reason_code=reason_code, reason=reason, commanded_at=func.now()
+    )
     uow.emit(
         InstanceStopRequested(
             instance_id=row.id,

@@ -79,7 +79,7 @@ async def expire_leases(deps: Deps) -> dict[str, int]:
             ).with_for_update(of=instance)
         )
         for row in ended.all():
-            row = await request_stop(uow, row, "the lease ended")
+            row = await request_stop(uow, row, "the lease ended", reason_code="lease_ended")
             await uow.session.execute(
                 update(instance).where(instance.c.id == row.id).values(lease_stopped_at=now)
             )
