@@ -12,8 +12,8 @@ What a service may do:
   another service's events is what consumers are for);
 - answer requests on ``rpc.<service>.>`` (replies only to whoever asked: ``allow_responses``);
   call the operations listed in ``CALLS``;
-- auth alone writes the key bucket (``COMPGRID_AUTH``: JWKS and disabled accounts); everyone
-  reads it.
+- auth alone writes the key bucket (``COMPGRID_AUTH``: JWKS, disabled accounts, ended
+  sessions, project roles) and sweeps it; everyone reads it.
 The ``setup`` user (the deploy job running ``compgrid-streams ensure``) manages every stream.
 """
 
@@ -62,6 +62,7 @@ def permissions(service: str) -> dict[str, object]:
     if service == "auth":
         streams.append(f"KV_{KEYS_BUCKET}")
         publish.append(f"$KV.{KEYS_BUCKET}.>")
+        publish.append(f"$JS.API.STREAM.PURGE.KV_{KEYS_BUCKET}")  # sweeping expired entries
     publish += [f"$JS.API.STREAM.{op}.{name}" for name in streams for op in ("CREATE", "UPDATE")]
     publish += _READ_API
     publish += [f"rpc.{callee}.>" for callee in CALLS.get(service, ())]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import timedelta
+from functools import partial
 
 from redis.asyncio import Redis
 
@@ -11,7 +12,9 @@ from compgrid_auth.adapters.keys import TokenSigner
 from compgrid_auth.adapters.tables import metadata
 from compgrid_auth.adapters.throttle import LoginThrottle
 from compgrid_auth.config import Settings
+from compgrid_auth.entrypoints.consumers import register_consumers
 from compgrid_auth.entrypoints.rpc import register_routes
+from compgrid_auth.use_cases.access import sweep_revocations
 from compgrid_auth.use_cases.deps import Deps
 from compgrid_auth.use_cases.keys import ensure_first_admin, follow_rotations, load_keys
 from compgrid_runtime.app import ServiceApp
@@ -38,6 +41,7 @@ def build(settings: Settings, *, mailer: Mailer | None = None) -> tuple[ServiceA
         settings=settings,
     )
     register_routes(app.rpc, deps)
+    register_consumers(app.consumers, deps)
 
     async def prepare(_: ServiceApp) -> None:
         await load_keys(deps)
@@ -47,5 +51,5 @@ def build(settings: Settings, *, mailer: Mailer | None = None) -> tuple[ServiceA
         await follow_rotations(deps, app.keys, app.verifier)
 
     app.on_start.append(prepare)
-    app.background.append(follow)
+    app.background += [follow, partial(sweep_revocations, deps)]
     return app, deps

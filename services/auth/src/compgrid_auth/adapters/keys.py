@@ -29,7 +29,7 @@ from sqlalchemy import insert, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from compgrid_auth.adapters.tables import signing_key
-from compgrid_events import utc_now
+from compgrid_events import utc_now, uuid7
 from compgrid_runtime.tokens import AUDIENCE, DISABLED_PREFIX, ISSUER, JWKS_KEY, KEYS_BUCKET
 
 
@@ -110,9 +110,14 @@ class TokenSigner:
         return {"keys": [k.public_jwk for k in live]}
 
     def sign_access(
-        self, user_id: UUID, roles: Sequence[str], projects: dict[str, str]
+        self,
+        user_id: UUID,
+        roles: Sequence[str],
+        projects: dict[str, str],
+        session_id: UUID | None = None,
     ) -> tuple[str, datetime]:
-        """Return a signed access token and its expiry."""
+        """Return a signed access token of a session (``sid``; a new one when not given) and
+        its expiry."""
         current = next(k for k in reversed(self._keys) if k.retired_at is None)
         now = utc_now()
         expires = now + self._access_ttl
@@ -126,6 +131,7 @@ class TokenSigner:
             "iat": int(now.timestamp()),
             "exp": int(expires.timestamp()),
             "jti": secrets.token_hex(12),
+            "sid": str(session_id or uuid7()),
         }
         token = jwt.encode(claims, current.private, algorithm="EdDSA", headers={"kid": current.kid})
         return token, expires

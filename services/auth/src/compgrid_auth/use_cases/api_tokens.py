@@ -1,4 +1,5 @@
-"""API tokens for the CLI and scripts: named, shown once, stored hashed, revocable."""
+"""API tokens for the CLI and scripts: named, shown once, stored hashed, revocable (with the
+access tokens obtained with them)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 
 from compgrid_auth.adapters.secrets import digest, new_secret
 from compgrid_auth.adapters.tables import api_token
+from compgrid_auth.use_cases.access import revoke_session
 from compgrid_auth.use_cases.audit import record
 from compgrid_auth.use_cases.deps import Deps
 from compgrid_events import uuid7
@@ -74,5 +76,6 @@ async def revoke_api_token(deps: Deps, caller: Caller, body: ApiTokenRef) -> Api
         if row is None:
             raise NotFound("no such live token")
         await record(uow, caller, "api_token.revoke", "api_token", row.id)
+        await revoke_session(deps, row.id)  # the access tokens it was traded for end too
         await uow.commit()
     return ApiTokenPublic.model_validate(row, from_attributes=True)

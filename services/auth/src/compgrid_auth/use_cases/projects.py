@@ -18,6 +18,7 @@ from compgrid_auth.adapters.repository import (
 )
 from compgrid_auth.adapters.tables import membership, project
 from compgrid_auth.domain.emails import normalise_email
+from compgrid_auth.use_cases.access import publish_access
 from compgrid_auth.use_cases.audit import record
 from compgrid_auth.use_cases.deps import Deps
 from compgrid_auth.use_cases.passwords import issue_one_time_token
@@ -124,6 +125,7 @@ async def create_project(deps: Deps, caller: Caller, body: CreateProject) -> Pro
         await record(uow, caller, "project.create", "project", row.id, name=row.name)
         await _set_member(uow, caller, row.id, pi_id, ProjectRole.PI)
         await uow.commit()
+    await publish_access(deps, [pi_id])
     return project_public(row, {pi_id: "pi"})
 
 
@@ -168,6 +170,7 @@ async def add_member(deps: Deps, caller: Caller, body: AddMember) -> ProjectPubl
         await _set_member(uow, caller, row.id, body.user_id, body.role)
         members = await project_members(uow.session, row.id)
         await uow.commit()
+    await publish_access(deps, [body.user_id])
     return project_public(row, members)
 
 
@@ -196,6 +199,7 @@ async def remove_member(deps: Deps, caller: Caller, body: RemoveMember) -> Proje
             )
         members = await project_members(uow.session, row.id)
         await uow.commit()
+    await publish_access(deps, [body.user_id])
     return project_public(row, members)
 
 
@@ -235,6 +239,7 @@ async def invite(deps: Deps, caller: Caller, body: Invite) -> dict[str, Any]:
         await _set_member(uow, caller, row.id, user_id, body.role)
         await deps.mailer.send(_invitation_mail(deps, email, row.name, token))
         await uow.commit()
+    await publish_access(deps, [user_id])
     return {"user_id": str(user_id), "invited": token is not None}
 
 

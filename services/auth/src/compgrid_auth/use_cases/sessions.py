@@ -3,7 +3,9 @@
 Every failure of login says the same thing, whatever went wrong; a throttled attempt is
 refused (429, with when to retry) before any password is checked (see adapters/throttle.py).
 Refresh tokens rotate on every use; presenting one that was already rotated revokes its whole
-family, since only a thief would still hold it.
+family, since only a thief would still hold it. Every access token names its session
+(``sid``): the refresh family, or the API token it was obtained with; ending either ends its
+access tokens at every service within moments (``revoked.<sid>`` in the key bucket).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from compgrid_auth.adapters.repository import find_user_by_email, get_user, user_projects
 from compgrid_auth.adapters.secrets import digest, new_secret
 from compgrid_auth.adapters.tables import api_token, refresh_token, user_account
+from compgrid_auth.use_cases.access import revoke_session
 from compgrid_auth.use_cases.audit import record
 from compgrid_auth.use_cases.deps import Deps
 from compgrid_auth.use_cases.guessing import check_throttle
@@ -30,9 +33,14 @@ from compgrid_runtime.uow import UnitOfWork
 LOGIN_FAILED = "invalid email or password"
 
 
-async def _issue(deps: Deps, uow: UnitOfWork, user: Any, family: UUID | None) -> TokenPair:
+async def _issue(
+    deps: Deps, uow: UnitOfWork, user: Any, family: UUID | None, api_token_id: UUID | None = None
+) -> TokenPair:
+    """Sign an access token of the session (refresh family, or API token) it belongs to."""
     projects = await user_projects(uow.session, user.id)
-    access, expires = deps.signer.sign_access(user.id, user.roles, projects)
+    access, expires = deps.signer.sign_access(
+        user.id, user.roles, projects, session_id=family or api_token_id
+    )
     if family is None:
         return TokenPair(access_token=access, access_expires_at=expires)
     secret = new_secret("cgr")
@@ -90,7 +98,7 @@ async def refresh(deps: Deps, caller: Caller, body: Refresh) -> TokenPair:
         if row is None or row.expires_at <= utc_now():
             raise Unauthorized("invalid refresh token", code="invalid_refresh_token")
         if row.revoked_at is not None:
-            await _revoke_family(uow, row.family_id)
+            await _revoke_family(deps, uow, row.family_id)
             await uow.commit()
             raise Unauthorized("invalid refresh token", code="invalid_refresh_token")
         await uow.session.execute(
@@ -98,7 +106,7 @@ async def refresh(deps: Deps, caller: Caller, body: Refresh) -> TokenPair:
         )
         user = await get_user(uow.session, row.user_id)
         if user.status != "active":
-            await _revoke_family(uow, row.family_id)
+            await _revoke_family(deps, uow, row.family_id)
             await uow.commit()
             raise Unauthorized("invalid refresh token", code="invalid_refresh_token")
         pair = await _issue(deps, uow, user, family=row.family_id)
@@ -106,23 +114,25 @@ async def refresh(deps: Deps, caller: Caller, body: Refresh) -> TokenPair:
     return pair
 
 
-async def _revoke_family(uow: UnitOfWork, family_id: UUID) -> None:
+async def _revoke_family(deps: Deps, uow: UnitOfWork, family_id: UUID) -> None:
+    """End a session: its refresh tokens here, its access tokens at every verifier."""
     await uow.session.execute(
         update(refresh_token)
         .where(refresh_token.c.family_id == family_id, refresh_token.c.revoked_at.is_(None))
         .values(revoked_at=func.now())
     )
+    await revoke_session(deps, family_id)  # before the commit: never ended only halfway
 
 
 async def logout(deps: Deps, caller: Caller, body: Refresh) -> dict[str, bool]:
-    """Revoke the refresh token's whole family (this device's session)."""
+    """End the refresh token's session (this device's): refresh and access tokens alike."""
     async with deps.uow() as uow:
         query = select(refresh_token).where(
             refresh_token.c.token_hash == digest(body.refresh_token)
         )
         row = (await uow.session.execute(query)).first()
         if row is not None:
-            await _revoke_family(uow, row.family_id)
+            await _revoke_family(deps, uow, row.family_id)
             await record(uow, caller, "session.logout", "user", row.user_id, actor_id=row.user_id)
             await uow.commit()
     return {"logged_out": True}
@@ -142,6 +152,6 @@ async def exchange_api_token(deps: Deps, caller: Caller, body: ExchangeApiToken)
         await uow.session.execute(
             update(api_token).where(api_token.c.id == row.id).values(last_used_at=now)
         )
-        pair = await _issue(deps, uow, user, family=None)
+        pair = await _issue(deps, uow, user, family=None, api_token_id=row.id)
         await uow.commit()
     return pair
