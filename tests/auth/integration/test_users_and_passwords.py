@@ -340,6 +340,25 @@ async def test_a_weak_password_does_not_use_up_the_invitation(auth: AuthHarness)
     assert await auth.login(email)
 
 
+async def test_the_invitation_subject_says_who_invited_whom_to_what(auth: AuthHarness) -> None:
+    pi_email = _email("ada")
+    await _create(auth, pi_email, display_name="Ada Lovelace", roles=["pi"])
+    pi = await auth.login(pi_email)
+    name = f"Demo Lab {uuid.uuid4().hex[:6]}"
+    project = await auth.call("projects.create", {"name": name}, token=pi)
+    newcomer = _email("newcomer")
+    _, existing = await auth.user()
+
+    for email in (newcomer, existing):
+        await auth.call("projects.invite", {"project_id": project["id"], "email": email}, token=pi)
+
+    [invitation] = auth.inbox.to(newcomer)
+    assert invitation["Subject"] == f"Ada Lovelace invited you to join {name} on CompGrid"
+    [added] = auth.inbox.to(existing)
+    assert added["Subject"] == f"Ada Lovelace added you to {name} on CompGrid"
+    assert any("Ada Lovelace" in text for _, text in _bodies(invitation))
+
+
 async def test_a_disabled_invitee_cannot_activate_the_account_by_accepting(
     auth: AuthHarness,
 ) -> None:

@@ -237,7 +237,10 @@ async def invite(deps: Deps, caller: Caller, body: Invite) -> dict[str, Any]:
                 project_id=row.id,
             )
         await _set_member(uow, caller, row.id, user_id, body.role)
-        await deps.mailer.send(_invitation_mail(deps, email, row.name, token))
+        inviter = await get_user(uow.session, caller.require().user_id)
+        await deps.mailer.send(
+            _invitation_mail(deps, email, row.name, token, inviter=inviter.display_name)
+        )
         await uow.commit()
     await publish_access(deps, [user_id])
     return {"user_id": str(user_id), "invited": token is not None}
@@ -248,14 +251,19 @@ def _days(seconds: int) -> str:
     return "1 day" if days == 1 else f"{days} days"
 
 
-def _invitation_mail(deps: Deps, email: str, project_name: str, token: str | None) -> Mail:
+def _invitation_mail(
+    deps: Deps, email: str, project_name: str, token: str | None, *, inviter: str
+) -> Mail:
+    """Say who invited whom to what: in the subject, since that is what people see first."""
     if token is None:
-        text = f"You were added to the CompGrid project {project_name}."
+        subject = f"{inviter} added you to {project_name} on CompGrid"
+        text = f"{inviter} added you to the CompGrid project {project_name}."
     else:
+        subject = f"{inviter} invited you to join {project_name} on CompGrid"
         text = (
-            f"You are invited to the CompGrid project {project_name}.\n\n"
+            f"{inviter} invited you to the CompGrid project {project_name}.\n\n"
             f"Accept with this token within {_days(deps.settings.invitation_ttl_s)}:"
             f"\n\n{token}\n\n"
             f"or open {deps.settings.public_url}/accept-invitation?token={token}\n"
         )
-    return Mail(to=(email,), subject=f"CompGrid: {project_name}", text=text)
+    return Mail(to=(email,), subject=subject, text=text)
