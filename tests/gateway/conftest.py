@@ -85,6 +85,7 @@ async def stack(
         "COMPGRID_AUTH_REDIS_PREFIX": f"{real.redis_prefix}gw:auth:",
         "COMPGRID_METERING_REDIS_PREFIX": f"{real.redis_prefix}gw:metering:",
         "COMPGRID_GATEWAY_IDEMPOTENCY_PREFIX": f"{real.redis_prefix}gw:idem:",
+        "COMPGRID_GATEWAY_RATE_LIMIT_PREFIX": f"{real.redis_prefix}gw:rate",
         # the tests stand in for a reverse proxy: X-Forwarded-For names the client
         "COMPGRID_GATEWAY_TRUSTED_PROXIES": '["127.0.0.1"]',
     }

@@ -52,6 +52,7 @@ def edge(real: Servers, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Ed
         "COMPGRID_GATEWAY_RPC_TIMEOUT_S": str(RPC_TIMEOUT_S),
         "COMPGRID_GATEWAY_RATE_LIMIT_PER_S": "1",
         "COMPGRID_GATEWAY_RATE_LIMIT_BURST": "5",
+        "COMPGRID_GATEWAY_RATE_LIMIT_PREFIX": f"{real.redis_prefix}edge:rate",
         "COMPGRID_GATEWAY_MAX_BODY_BYTES": "2048",
         "COMPGRID_GATEWAY_CORS_ORIGINS": '["https://ui.example"]',
         "COMPGRID_GATEWAY_LOG_JSON": "false",

@@ -1,40 +1,25 @@
-"""The edge's pure parts: token buckets, suspicious text in bodies, If-Match parsing."""
+"""The edge's pure parts: rate limits without Redis, suspicious text in bodies, If-Match parsing."""
 
 from __future__ import annotations
 
 import pytest
 from starlette.requests import Request
 
-from compgrid_gateway.edge import TokenBuckets, bad_body_text
+from compgrid_gateway.edge import bad_body_text
 from compgrid_gateway.problems import HttpProblem
+from compgrid_gateway.ratelimit import RateLimits
 from compgrid_gateway.routes.common import if_match
+from compgrid_runtime.embedded import free_port
 
 
-def test_bucket_allows_the_burst_then_refills_at_the_rate() -> None:
-    buckets = TokenBuckets(rate=2.0, burst=3)
-    assert [buckets.take("a", now=0.0)[0] for _ in range(4)] == [True, True, True, False]
-    allowed, _, wait = buckets.take("a", now=0.0)
-    assert not allowed
-    assert wait == pytest.approx(0.5)
-    assert buckets.take("a", now=0.5)[0] is True  # one token back after 1/rate seconds
-    assert buckets.take("a", now=0.5)[0] is False
-    assert buckets.take("b", now=0.5)[0] is True  # keys are independent
-
-
-def test_bucket_never_holds_more_than_the_burst() -> None:
-    buckets = TokenBuckets(rate=100.0, burst=2)
-    buckets.take("a", now=0.0)
-    outcomes = [buckets.take("a", now=1000.0)[0] for _ in range(3)]
-    assert outcomes == [True, True, False]
-
-
-def test_bucket_forgets_the_oldest_keys_beyond_its_bound() -> None:
-    buckets = TokenBuckets(rate=0.001, burst=1, max_keys=2)
-    assert buckets.take("a", now=0.0)[0]
-    assert buckets.take("b", now=0.0)[0]
-    assert buckets.take("c", now=0.0)[0]  # "a" is forgotten...
-    assert buckets.take("a", now=0.0)[0]  # ...so it starts with a full bucket again
-    assert not buckets.take("c", now=0.0)[0]
+async def test_limits_fall_back_to_this_process_when_redis_does_not_answer() -> None:
+    nowhere = f"redis://127.0.0.1:{free_port()}/0"
+    limits = RateLimits(nowhere, rate=1.0, burst=3, prefix="unit")
+    taken = [await limits.take("a") for _ in range(4)]
+    assert [t.allowed for t in taken] == [True, True, True, False]
+    assert [t.remaining for t in taken] == [2, 1, 0, 0]
+    assert 0 < taken[-1].retry_after_s <= 3
+    assert (await limits.take("b")).allowed  # keys are independent
 
 
 @pytest.mark.parametrize(

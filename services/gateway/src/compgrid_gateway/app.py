@@ -15,8 +15,9 @@ from redis.asyncio import Redis
 from compgrid_gateway import access, apidocs, live, problems
 from compgrid_gateway.backend import Backend
 from compgrid_gateway.config import Settings
-from compgrid_gateway.edge import Edge, TokenBuckets
+from compgrid_gateway.edge import Edge
 from compgrid_gateway.idempotency import Idempotency
+from compgrid_gateway.ratelimit import RateLimits
 from compgrid_gateway.routes import auth, catalog, instances, money, people, stats
 from compgrid_gateway.routes.common import API
 from compgrid_runtime.app import nats_options
@@ -122,7 +123,12 @@ def create_app(settings: Settings) -> FastAPI:
     app.add_middleware(
         Edge,
         max_body_bytes=settings.max_body_bytes,
-        buckets=TokenBuckets(settings.rate_limit_per_s, settings.rate_limit_burst),
+        limits=RateLimits(
+            settings.redis_url,
+            rate=settings.rate_limit_per_s,
+            burst=settings.rate_limit_burst,
+            prefix=settings.rate_limit_prefix,
+        ),
         hsts=settings.environment is Environment.PRODUCTION,
     )
     if settings.cors_origins:

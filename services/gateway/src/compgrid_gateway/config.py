@@ -27,6 +27,9 @@ class Settings(ServiceSettings):
     )
     rate_limit_per_s: float = Field(default=50.0, gt=0, description="sustained requests per token")
     rate_limit_burst: int = Field(default=200, ge=1, description="requests a token may burst")
+    rate_limit_prefix: str = Field(
+        default="compgrid:gateway:rate", description="Redis keys of the shared rate limits"
+    )
     idempotency_ttl_s: int = Field(default=86_400, ge=60, le=7 * 86_400)
     idempotency_prefix: str = "compgrid:gateway:idem:"
     sse_keepalive_s: float = Field(default=15.0, gt=0, le=300)

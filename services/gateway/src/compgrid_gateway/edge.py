@@ -1,8 +1,8 @@
 """What every request passes first: request ids, size and media-type limits, rate limiting and
 security headers. One plain ASGI middleware, so the hot path stays cheap.
 
-Rate limits are token buckets per bearer token (per client address without one), kept in each
-gateway process: a process protects itself and the services behind it without a round trip.
+Rate limits are per bearer token (per client address without one) and shared by every gateway
+process through Redis (see ``ratelimit``).
 """
 
 from __future__ import annotations
@@ -11,13 +11,12 @@ import hashlib
 import json
 import math
 import re
-import time
 import uuid
-from collections import OrderedDict
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
 from compgrid_gateway.problems import problem
+from compgrid_gateway.ratelimit import RateLimits
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -41,30 +40,6 @@ API_ONLY_HEADERS = [
     (b"cache-control", b"no-store"),
 ]
 HSTS = (b"strict-transport-security", b"max-age=31536000; includeSubDomains")
-
-
-class TokenBuckets:
-    """Requests allowed per key: ``rate`` per second sustained, ``burst`` at once."""
-
-    def __init__(self, rate: float, burst: int, *, max_keys: int = 100_000) -> None:
-        self.rate = rate
-        self.burst = burst
-        self._max_keys = max_keys
-        self._buckets: OrderedDict[str, tuple[float, float]] = OrderedDict()
-
-    def take(self, key: str, now: float | None = None) -> tuple[bool, float, float]:
-        """Take one request; return (allowed, tokens left, seconds until one is free)."""
-        now = time.monotonic() if now is None else now
-        tokens, last = self._buckets.pop(key, (float(self.burst), now))
-        tokens = min(float(self.burst), tokens + (now - last) * self.rate)
-        allowed = tokens >= 1.0
-        if allowed:
-            tokens -= 1.0
-        self._buckets[key] = (tokens, now)
-        if len(self._buckets) > self._max_keys:
-            self._buckets.popitem(last=False)
-        wait = 0.0 if tokens >= 1.0 else (1.0 - tokens) / self.rate
-        return allowed, tokens, wait
 
 
 def _has_bad_text(value: Any) -> bool:
@@ -103,12 +78,12 @@ class Edge:
         app: ASGIApp,
         *,
         max_body_bytes: int,
-        buckets: TokenBuckets,
+        limits: RateLimits,
         hsts: bool = False,
     ) -> None:
         self.app = app
         self.max_body_bytes = max_body_bytes
-        self.buckets = buckets
+        self.limits = limits
         self.hsts = hsts
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -136,7 +111,7 @@ class Edge:
 
         refusal = self._refusal(scope, headers, path, request_id)
         if refusal is None and api:
-            refusal, limit_headers = self._throttle(scope, headers, path, request_id)
+            refusal, limit_headers = await self._throttle(scope, headers, path, request_id)
             extra += limit_headers
         if refusal is None and scope["method"] in _BODY_METHODS:
             refusal, receive = await self._read_body(scope, headers, receive, path, request_id)
@@ -171,7 +146,7 @@ class Edge:
             request_id=request_id,
         )
 
-    def _throttle(
+    async def _throttle(
         self, scope: Scope, headers: dict[bytes, bytes], path: str, request_id: str
     ) -> tuple[Any, list[tuple[bytes, bytes]]]:
         auth = headers.get(b"authorization", b"")
@@ -180,14 +155,14 @@ class Edge:
         else:
             client = scope.get("client")
             key = "a:" + (client[0] if client else "?")
-        allowed, left, wait = self.buckets.take(key)
+        taken = await self.limits.take(key)
         limit_headers = [
-            (b"ratelimit-limit", str(self.buckets.burst).encode()),
-            (b"ratelimit-remaining", str(int(left)).encode()),
+            (b"ratelimit-limit", str(self.limits.burst).encode()),
+            (b"ratelimit-remaining", str(taken.remaining).encode()),
         ]
-        if allowed:
+        if taken.allowed:
             return None, limit_headers
-        retry = str(max(1, math.ceil(wait)))
+        retry = str(max(1, math.ceil(taken.retry_after_s)))
         return (
             problem(
                 429,
