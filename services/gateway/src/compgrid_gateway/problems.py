@@ -28,6 +28,7 @@ TYPE_BASE = "https://compgrid.example/problems/"
 TITLES = {
     400: "Bad request",
     401: "Unauthorized",
+    402: "Payment required",
     403: "Forbidden",
     404: "Not found",
     405: "Method not allowed",
@@ -47,6 +48,7 @@ TITLES = {
 STATUS_CODES = {
     400: "bad_request",
     401: "unauthorized",
+    402: "payment_required",
     403: "forbidden",
     404: "not_found",
     405: "method_not_allowed",
@@ -77,6 +79,12 @@ class Problem(BaseModel):
     field: str | None = Field(default=None, description="the input at fault, dotted")
     instance: str | None = Field(default=None, description="the request path")
     request_id: str | None = None
+    instance_id: str | None = Field(
+        default=None, description="a request refused at admission: the rejected instance"
+    )
+    instance_url: str | None = Field(
+        default=None, description="where the rejected instance stays readable (as Location)"
+    )
 
 
 class Unavailable(DomainError):
@@ -112,10 +120,12 @@ def problem(
     instance: str | None = None,
     request_id: str | None = None,
     headers: dict[str, str] | None = None,
+    extensions: dict[str, str] | None = None,
 ) -> Response:
-    """Return a problem+json response."""
+    """Return a problem+json response (``extensions``: members beyond the standard ones)."""
     code = code or STATUS_CODES.get(status, "error")
     body = {
+        **(extensions or {}),
         "type": TYPE_BASE + code,
         "title": TITLES.get(status, "Error"),
         "status": status,

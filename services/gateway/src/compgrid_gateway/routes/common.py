@@ -21,6 +21,8 @@ _PROBLEM_CONTENT = {PROBLEM_MEDIA_TYPE: {"schema": {"$ref": "#/components/schema
 _DESCRIPTIONS = {
     400: "Malformed request (bad JSON, NUL characters, bad header)",
     401: "No valid credentials",
+    402: "Refused at admission: the budget code cannot pay for it (the rejected instance is at"
+    " `Location`)",
     403: "The caller's role does not allow this",
     404: "No such resource, or the caller may not know of it",
     409: "Clashes with the current state",

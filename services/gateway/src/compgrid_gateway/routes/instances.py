@@ -15,9 +15,18 @@ from starlette.responses import Response, StreamingResponse
 from compgrid_events import billing_api, metering_api
 from compgrid_events import inventory_api as api
 from compgrid_events.base import Contract, Money
+from compgrid_events.inventory import InstanceState
 from compgrid_gateway import live
 from compgrid_gateway.backend import CtxDep
-from compgrid_gateway.routes.common import accepted, body_of, json_response, problems, without
+from compgrid_gateway.problems import problem
+from compgrid_gateway.routes.common import (
+    accepted,
+    body_of,
+    json_response,
+    location,
+    problems,
+    without,
+)
 from compgrid_runtime.rpc import RemoteError
 
 router = APIRouter(tags=["instances"], responses=problems())
@@ -46,6 +55,29 @@ def _at(request: Request, instance: dict[str, Any]) -> Response:
     return accepted(request, instance, f"/instances/{instance['id']}")
 
 
+PAYMENT_REFUSALS = ("budget_", "currency_mismatch")
+"""Reason codes of admission refusals that say the budget code cannot pay (402)."""
+
+
+def _admitted(request: Request, instance: dict[str, Any]) -> Response:
+    """202 for a request that was admitted (or waits for its PI); a refusal decided now is a
+    problem: 402 when the budget code cannot pay, 409 otherwise (quota, capacity), with the
+    reason and the rejected instance, which stays readable at ``Location``."""
+    if instance["state"] != InstanceState.REJECTED:
+        return _at(request, instance)
+    code = instance.get("reason_code") or "rejected"
+    url = location(request, f"/instances/{instance['id']}")
+    return problem(
+        402 if code.startswith(PAYMENT_REFUSALS) else 409,
+        instance.get("reason") or "the request was refused at admission",
+        code=code,
+        instance=request.url.path,
+        request_id=request.scope.get("state", {}).get("request_id"),
+        headers={"Location": url},
+        extensions={"instance_id": str(instance["id"]), "instance_url": url},
+    )
+
+
 @router.get("/instances", response_model=api.Page[api.InstancePublic])
 async def list_instances(ctx: CtxDep, params: Annotated[api.ListInstances, Query()]) -> Response:
     """The instances the caller may see, filtered, sorted by creation, a page at a time
@@ -53,19 +85,29 @@ async def list_instances(ctx: CtxDep, params: Annotated[api.ListInstances, Query
     return json_response(await ctx.relay("inventory", "instances.list", params))
 
 
-@router.post("/instances", status_code=202, response_model=api.InstancePublic)
+@router.post(
+    "/instances", status_code=202, response_model=api.InstancePublic, responses=problems(402)
+)
 async def request_instance(request: Request, ctx: CtxDep, body: api.RequestInstance) -> Response:
     """Ask for an instance of a type; it is placed and started, or waits for the PI's approval.
+    Refused at admission: 402 (budget) or 409 (quota, capacity) with the rejected instance.
     Send an ``Idempotency-Key`` so a retried request never creates two."""
-    return _at(request, await ctx.ask("inventory", "instances.request", body))
+    return _admitted(request, await ctx.ask("inventory", "instances.request", body))
 
 
-@router.post("/instances/by-requirements", status_code=202, response_model=api.InstancePublic)
+@router.post(
+    "/instances/by-requirements",
+    status_code=202,
+    response_model=api.InstancePublic,
+    responses=problems(402),
+)
 async def request_by_requirements(
     request: Request, ctx: CtxDep, body: api.RequestByRequirements
 ) -> Response:
-    """Ask for the cheapest type that meets the requirements and can be placed now."""
-    return _at(request, await ctx.ask("inventory", "instances.request_by_requirements", body))
+    """Ask for the cheapest type that meets the requirements and can be placed now (refusals
+    at admission as for ``POST /instances``)."""
+    answer = await ctx.ask("inventory", "instances.request_by_requirements", body)
+    return _admitted(request, answer)
 
 
 @router.get("/instances/{instance_id}", response_model=api.InstancePublic)
