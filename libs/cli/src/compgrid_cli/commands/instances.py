@@ -7,6 +7,8 @@ they follow the instance's event stream until it reaches the state the command a
 
 from __future__ import annotations
 
+import re
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -19,7 +21,8 @@ from compgrid_cli.commands.common import (
     JsonOpt,
     LimitOpt,
     api,
-    resolve_budget_code,
+    iso,
+    moment,
     resolve_project,
     usage_error,
     without_none,
@@ -68,10 +71,42 @@ def render(instance: dict[str, Any]) -> None:
             ("host", instance.get("host")),
             ("addresses", instance.get("addresses")),
             ("lease ends", output.when(instance.get("lease_ends_at"))),
+            ("budget hold", _hold(instance.get("hold"))),
             ("created", output.when(instance.get("created_at"))),
             ("updated", output.when(instance.get("updated_at"))),
         ]
     )
+
+
+def _hold(hold: dict[str, Any] | None) -> str | None:
+    """What admission set aside on the budget code, and for how long."""
+    if not hold:
+        return None
+    hours = f"{float(hold['hours']):g}"
+    return f"{output.money(hold['amount'])} for {hours} h, until {output.when(hold['until'])}"
+
+
+_SPAN = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([mhdw])\s*$")
+_UNIT_S = {"m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+
+
+def lease_end(value: str | None) -> str | None:
+    """``--lease``: a duration from now (``90m``, ``8h``, ``2d``, ``1w``) or an end time."""
+    if value is None:
+        return None
+    span = _SPAN.match(value.lower())
+    if span is None:
+        try:
+            return moment(value, "--lease")
+        except typer.BadParameter:
+            raise typer.BadParameter(
+                "expected a duration (8h, 2d, 90m, 1w) or an end time (2026-12-24T18:00:00Z)",
+                param_hint="--lease",
+            ) from None
+    seconds = float(span.group(1)) * _UNIT_S[span.group(2)]
+    if seconds <= 0:
+        raise typer.BadParameter("a lease must last longer than nothing", param_hint="--lease")
+    return iso(datetime.now(UTC) + timedelta(seconds=seconds))
 
 
 def _size(instance: dict[str, Any]) -> str:
@@ -136,6 +171,14 @@ def request(
     project: Annotated[str, typer.Option(help="Project id or name.")],
     budget_code: Annotated[str, typer.Option(help="Budget code id or code, e.g. GRANT-1.")],
     datacenter: Annotated[str | None, typer.Option(help="Datacenter to place it in.")] = None,
+    lease: Annotated[
+        str | None,
+        typer.Option(
+            help="How long you need it: a duration (8h, 2d, 90m, 1w) or an end time "
+            "(2026-12-24T18:00Z). Without it the project's default lease applies; the budget "
+            "hold covers the lease, at most the admission horizon (24 h by default)."
+        ),
+    ] = None,
     ssh_key: Annotated[
         Path | None,
         typer.Option(exists=True, dir_okay=False, readable=True, help="SSH public key file."),
@@ -157,11 +200,12 @@ def request(
     body = without_none(
         name=name,
         project_id=project_id,
-        budget_code_id=resolve_budget_code(client, budget_code, project_id),
+        budget_code_id=budget_code,  # the API takes the id or the code
         instance_type=instance_type,
         image=image,
         datacenter=datacenter,
         ssh_public_key=_read_key(ssh_key) if ssh_key else None,
+        lease_ends_at=lease_end(lease),
     )
     instance = client.post("/instances", body, key=idempotency_key)
     if wait and instance["state"] == State.PENDING_APPROVAL:
