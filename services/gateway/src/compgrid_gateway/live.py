@@ -37,6 +37,7 @@ class Hub:
     def __init__(self) -> None:
         self._queues: set[asyncio.Queue[dict[str, Any] | None]] = set()
         self._sub: Subscription | None = None
+        self._ended = False
 
     async def start(self, nc: NatsClient) -> None:
         """Subscribe (core NATS: only changes from now on, nothing durable)."""
@@ -47,9 +48,17 @@ class Hub:
         if self._sub is not None:
             with contextlib.suppress(Exception):
                 await self._sub.unsubscribe()
+        self.end_streams()
+
+    def end_streams(self) -> None:
+        """End every open stream, and any opened from now on: the process is stopping, and a
+        graceful stop waits for every open response."""
+        self._ended = True
         for queue in list(self._queues):
-            with contextlib.suppress(asyncio.QueueFull):
-                queue.put_nowait(None)
+            with contextlib.suppress(asyncio.QueueEmpty):
+                if queue.full():  # the end matters more than a change the client missed
+                    queue.get_nowait()
+            queue.put_nowait(None)
 
     @property
     def listeners(self) -> int:
@@ -78,6 +87,8 @@ class Hub:
     def listen(self) -> Any:
         """A queue receiving every change while the block runs."""
         queue: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue(QUEUE_SIZE)
+        if self._ended:
+            queue.put_nowait(None)
         self._queues.add(queue)
         try:
             yield queue
