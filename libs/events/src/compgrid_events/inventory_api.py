@@ -69,6 +69,16 @@ class UpdateDatacenter(Contract):
     description: Text | None = None
 
 
+class WorkerPublic(Contract):
+    """A provisioner worker of a datacenter and when it was last heard from."""
+
+    worker_id: str
+    hostname: str
+    started_at: UtcDatetime
+    last_seen_at: UtcDatetime
+    live: bool = Field(description="heard from recently and not stopping: it takes commands")
+
+
 class DatacenterPublic(Contract):
     """A datacenter."""
 
@@ -77,6 +87,9 @@ class DatacenterPublic(Contract):
     description: str
     placement: str
     hosts: int = 0
+    workers: list[WorkerPublic] = Field(
+        default_factory=list, description="provisioner workers heard from in the last day"
+    )
 
 
 class HostCapacity(Contract):
@@ -463,6 +476,9 @@ class Utilisation(Contract):
     gpus: dict[str, int]
     gpus_claimed: dict[str, int]
     instances_by_state: dict[str, int]
+    workers: list[WorkerPublic] = Field(
+        default_factory=list, description="the datacenter's provisioner workers"
+    )
 
 
 class UtilisationQuery(Contract):

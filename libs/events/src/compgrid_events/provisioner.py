@@ -1,4 +1,4 @@
-"""Events published by the provisioners: lifecycle results and usage ticks."""
+"""Events published by the provisioners: lifecycle results, usage ticks and heartbeats."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from uuid import UUID
 from pydantic import Field, model_validator
 
 from compgrid_events.base import Contract, Event, RoutingToken, UtcDatetime
-from compgrid_events.streams import PROVISIONER, USAGE
+from compgrid_events.streams import HEARTBEAT, PROVISIONER, USAGE
 
 
 class _ProvisionerResult(Event):
@@ -67,6 +67,24 @@ class HostUnreachable(Event):
     datacenter: RoutingToken
     host: str
     reason: str
+
+
+class WorkerHeartbeat(Event):
+    """A provisioner worker serves its datacenter; it says so every ``interval_s`` seconds."""
+
+    subject_template = "heartbeat.provisioner.{datacenter}"
+    stream = HEARTBEAT
+    datacenter: RoutingToken
+    worker_id: str = Field(min_length=1, max_length=200, description="unique per process")
+    hostname: str = Field(max_length=255)
+    pid: int = Field(ge=0)
+    started_at: UtcDatetime
+    interval_s: float = Field(gt=0, description="the next heartbeat comes this much later")
+    stopping: bool = Field(default=False, description="the worker is shutting down")
+
+    @property
+    def aggregate_id(self) -> str:
+        return self.worker_id
 
 
 NonNegative = Annotated[Decimal, Field(ge=0)]

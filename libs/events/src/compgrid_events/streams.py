@@ -64,6 +64,15 @@ USAGE = StreamSpec(
     "Usage ticks per datacenter and host; kept long enough to rebuild metering by replay.",
     max_age_s=400 * DAY,
 )
+HEARTBEAT = StreamSpec(
+    "HEARTBEAT",
+    ("heartbeat.>",),
+    "provisioner",
+    "Provisioner workers announcing themselves: heartbeat.provisioner.<datacenter>.",
+    duplicate_window_s=10.0,
+    max_age_s=3600.0,
+    file_storage=False,
+)
 METERING = StreamSpec(
     "METERING", ("metering.>",), "metering", "Closed hourly usage rollups and idle instances."
 )
@@ -87,6 +96,7 @@ ALL_STREAMS: tuple[StreamSpec, ...] = (
     PROVISION,
     PROVISIONER,
     USAGE,
+    HEARTBEAT,
     METERING,
     BILLING,
     DEADLETTER,

@@ -8,6 +8,7 @@ from compgrid_events.streams import USAGE, StreamSpec, streams_owned_by
 from compgrid_provisioner.adapters.tables import metadata
 from compgrid_provisioner.config import Settings
 from compgrid_provisioner.entrypoints.consumers import register_consumers
+from compgrid_provisioner.entrypoints.heartbeat import heartbeat
 from compgrid_provisioner.use_cases.deps import Deps, host_pool
 from compgrid_provisioner.use_cases.observe import observe
 from compgrid_runtime.app import ServiceApp
@@ -39,4 +40,5 @@ def build(settings: Settings) -> tuple[ServiceApp, Deps]:
             deps.hosts.close()
 
     app.background.append(watch)
+    app.background.append(heartbeat(settings))
     return app, deps

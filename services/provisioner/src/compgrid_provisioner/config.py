@@ -35,6 +35,9 @@ class Settings(ServiceSettings):
     host_unreachable_after_s: float = Field(
         default=120.0, ge=0, description="then the host is reported unreachable (marked down)"
     )
+    heartbeat_interval_s: float = Field(
+        default=10.0, gt=0, le=3600, description="how often the worker announces itself"
+    )
     command_ack_wait_s: float = Field(
         default=300.0, gt=0, description="a command not finished by then goes to another worker"
     )
