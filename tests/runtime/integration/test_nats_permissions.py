@@ -4,6 +4,8 @@ they need works, and a service cannot publish, serve or manage what belongs to a
 from __future__ import annotations
 
 import asyncio
+import time
+import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -13,12 +15,14 @@ import pytest
 from nats.aio.client import Client as NatsClient
 from pydantic import SecretStr
 
+from compgrid_auth.adapters.published import publish_revoked, sweep_revoked
 from compgrid_auth.bootstrap import build as build_auth
 from compgrid_auth.config import Settings as AuthSettings
 from compgrid_events.streams import ALL_STREAMS
 from compgrid_inventory.bootstrap import bootstrap as build_inventory
 from compgrid_inventory.config import Settings as InventorySettings
 from compgrid_runtime.embedded import EmbeddedNats
+from compgrid_runtime.errors import Unauthorized
 from compgrid_runtime.migrations import upgrade
 from compgrid_runtime.natsconf import SERVICES, SETUP_USER, password_variable, render
 from compgrid_runtime.rpc import call
@@ -116,6 +120,20 @@ async def test_services_work_under_their_own_users(secured: EmbeddedNats, real: 
             return await stream_messages(gateway, "AUTH") > before
 
         await wait_until(published, timeout_s=10)  # the outbox relay may publish auth.>
+
+        # auth writes ended sessions to its bucket and sweeps them; inventory reads them
+        await call(gateway, "auth", "logout", {"refresh_token": pair["refresh_token"]})
+
+        async def logged_out() -> bool:
+            try:
+                inventory.verifier.verify(pair["access_token"])
+            except Unauthorized:
+                return True
+            return False
+
+        await wait_until(logged_out, timeout_s=5)
+        await publish_revoked(auth.js, uuid.uuid4(), time.time() - 1)
+        assert await sweep_revoked(auth.js, time.time()) >= 1
     finally:
         await inventory.stop()
         await auth.stop()
