@@ -303,7 +303,9 @@ class ListAudit(Contract):
     target_id: str | None = Field(default=None, max_length=64)
     since: datetime | None = None
     until: datetime | None = None
-    before_id: int | None = Field(default=None, ge=1, description="cursor: last id seen")
+    before_id: int | None = Field(
+        default=None, ge=1, le=2**63 - 1, description="cursor: last id seen (a bigint)"
+    )
     limit: Limit = 100
 
 
