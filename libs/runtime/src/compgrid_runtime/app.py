@@ -87,7 +87,9 @@ class ServiceApp:
         if not self.owned_streams:
             self.owned_streams = streams_owned_by(service)
         self.engine = create_engine(
-            self.settings.database_url, pool_size=self.settings.db_pool_size
+            self.settings.database_url,
+            pool_size=self.settings.db_pool_size,
+            application_name=f"compgrid-{service}",
         )
         self._sessions = session_factory(self.engine)
         self.broker = NatsBroker(
