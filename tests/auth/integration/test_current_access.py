@@ -182,6 +182,23 @@ async def test_a_stolen_refresh_token_ends_the_familys_access_tokens(
     await _until(lambda: _refused(remote, second["access_token"]))
 
 
+async def test_a_password_change_ends_the_other_sessions_access_tokens(
+    auth: AuthHarness, remote: TokenVerifier
+) -> None:
+    _, email = await auth.user()
+    other = await _pair(auth, email)
+    mine = await _pair(auth, email)
+    change = {
+        "current_password": "a perfectly fine passphrase",
+        "new_password": "a different fine passphrase 9",
+    }
+
+    await auth.call("change_password", change, token=mine["access_token"])
+
+    await _until(lambda: _refused(remote, other["access_token"]))
+    assert not _refused(remote, mine["access_token"])
+
+
 async def test_revocations_are_swept_once_their_tokens_have_expired(
     auth: AuthHarness, remote: TokenVerifier
 ) -> None:

@@ -17,6 +17,7 @@ from compgrid_auth.adapters.secrets import digest, new_secret
 from compgrid_auth.adapters.tables import one_time_token, refresh_token, user_account
 from compgrid_auth.domain.emails import normalise_email
 from compgrid_auth.domain.passwords import check_password
+from compgrid_auth.use_cases.access import revoke_session
 from compgrid_auth.use_cases.audit import record
 from compgrid_auth.use_cases.deps import Deps
 from compgrid_auth.use_cases.guessing import check_throttle
@@ -43,6 +44,7 @@ async def _set_password(
     *,
     activate: bool = False,
     field: str = "password",
+    keep_session: str | None = None,
 ) -> None:
     check_password(password, email=user.email, field=field)
     values: dict[str, Any] = {"password_hash": await deps.hasher.hash(password)}
@@ -53,11 +55,15 @@ async def _set_password(
         .where(user_account.c.id == user.id)
         .values(**values, updated_at=func.now())
     )
-    await uow.session.execute(  # every session of the account ends with its old password
+    ended = await uow.session.execute(  # every session of the account ends with its old password
         update(refresh_token)
         .where(refresh_token.c.user_id == user.id, refresh_token.c.revoked_at.is_(None))
         .values(revoked_at=func.now())
+        .returning(refresh_token.c.family_id)
     )
+    for family_id in set(ended.scalars()):  # their access tokens too, but the caller's own
+        if str(family_id) != keep_session:
+            await revoke_session(deps, family_id)
 
 
 async def change_password(deps: Deps, caller: Caller, body: ChangePassword) -> dict[str, bool]:
@@ -68,7 +74,14 @@ async def change_password(deps: Deps, caller: Caller, body: ChangePassword) -> d
         await check_throttle(deps, user.email, caller.client_address)  # same guesses as login
         if not await deps.hasher.verify(user.password_hash, body.current_password):
             raise Invalid("current_password: does not match", field="current_password")
-        await _set_password(deps, uow, user, body.new_password, field="new_password")
+        await _set_password(
+            deps,
+            uow,
+            user,
+            body.new_password,
+            field="new_password",
+            keep_session=principal.session_id,
+        )
         await record(uow, caller, "user.password_change", "user", user.id)
         await uow.commit()
     await deps.throttle.succeeded(user.email, caller.client_address)
