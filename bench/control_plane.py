@@ -412,6 +412,9 @@ async def start_services(
             "price_tier_id": tier["id"],
         },
     )
+    await wait_for_row(  # placement waits for the datacenter's worker to announce itself
+        conn, "SELECT count(*) FROM inventory.worker WHERE datacenter = $1", DATACENTER
+    )
     services.body = {
         "project_id": project["id"],
         "budget_code_id": code["id"],

@@ -1,8 +1,9 @@
 """The inventory service in-process beside a real auth service, on real Postgres and NATS.
 
 Tokens come from the auth service and projects and budget codes reach the inventory as auth's
-events. Tests play the provisioner and billing by publishing their events to JetStream, and
-read the inventory's commands from the PROVISION stream, as those services will.
+events. Tests play the provisioner and billing by publishing their events to JetStream (a
+worker's heartbeat too), and read the inventory's commands from the PROVISION stream, as those
+services will.
 """
 
 from __future__ import annotations
@@ -25,9 +26,10 @@ from nats.js.api import DeliverPolicy
 from compgrid_events import Event
 from compgrid_events.base import utc_now
 from compgrid_events.inventory import InstanceScheduled
-from compgrid_events.provisioner import InstanceStarted, InstanceStopped
+from compgrid_events.provisioner import InstanceStarted, InstanceStopped, WorkerHeartbeat
 from compgrid_events.streams import ALL_STREAMS
 from compgrid_inventory.adapters.tables import metadata
+from compgrid_inventory.adapters.workers import has_live_worker
 from compgrid_inventory.bootstrap import build
 from compgrid_inventory.config import Settings
 from compgrid_inventory.entrypoints.rpc import register_routes
@@ -47,6 +49,8 @@ LAB_GPU_LABELS = {"gpu.pci.a100": "0000:81:00.0,0000:82:00.0"}
 LEASE_WARN_S = 3.0
 LEASE_GRACE_S = 1.5
 DEFAULT_URI = "test:///default"
+COMMAND_TIMEOUT_S = 2.0
+"""How long a command may wait for a worker when none is live."""
 
 E = TypeVar("E", bound=Event)
 
@@ -66,8 +70,44 @@ class InventoryHarness:
     auth: AuthHarness
 
     async def call(self, operation: str, body: dict[str, Any] | None = None, *, token: str) -> Any:
-        """Call ``rpc.inventory.<operation>``; return its data (raises the remote error)."""
-        return await call(self.nc, "inventory", operation, body or {}, token=token, timeout_s=15)
+        """Call ``rpc.inventory.<operation>``; return its data (raises the remote error).
+
+        A datacenter created here gets a provisioner worker at once (tests play it, see
+        :meth:`serve`), so placement uses it as it uses a deployed datacenter's.
+        """
+        data = await call(self.nc, "inventory", operation, body or {}, token=token, timeout_s=15)
+        if operation == "datacenters.create":
+            await self.serve(data["name"])
+        return data
+
+    async def serve(self, datacenter: str, interval_s: float = 3600.0) -> None:
+        """Announce the datacenter's worker (live for three ``interval_s``); wait until known."""
+        await self.publish(self._heartbeat(datacenter, interval_s))
+        await self._wait_served(datacenter, True)
+
+    async def unserve(self, datacenter: str) -> None:
+        """The datacenter's worker stops (its last heartbeat says so); wait until known."""
+        await self.publish(self._heartbeat(datacenter, 1.0, stopping=True))
+        await self._wait_served(datacenter, False)
+
+    @staticmethod
+    def _heartbeat(datacenter: str, interval_s: float, stopping: bool = False) -> WorkerHeartbeat:
+        return WorkerHeartbeat(
+            datacenter=datacenter,
+            worker_id=f"played-{datacenter}",
+            hostname="test",
+            pid=0,
+            started_at=utc_now(),
+            interval_s=interval_s,
+            stopping=stopping,
+        )
+
+    async def _wait_served(self, datacenter: str, served: bool) -> None:
+        async def reached() -> bool:
+            async with self.deps.uow() as uow:
+                return await has_live_worker(uow.session, datacenter) is served
+
+        await wait_until(reached, 15, f"{datacenter} served: {served}")
 
     async def refused(self, operation: str, body: dict[str, Any], *, token: str) -> DomainError:
         """Call an operation that must fail; return the error."""
@@ -97,6 +137,8 @@ async def inventory(real: Servers, auth: AuthHarness) -> AsyncIterator[Inventory
         lease_warn_before_s=LEASE_WARN_S,
         lease_grace_s=LEASE_GRACE_S,
         repair_interval_s=3600,
+        command_timeout_s=COMMAND_TIMEOUT_S,
+        command_check_interval_s=0.25,
         outbox_poll_interval_s=0.05,
     )
     app, deps = build(settings)

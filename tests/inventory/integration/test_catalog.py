@@ -595,6 +595,8 @@ async def test_utilisation_sums_capacity_and_claims(
     [total] = await inventory.call(
         "cluster.utilisation", {"datacenter": lab.datacenter}, token=lab.admin
     )
+    workers = total.pop("workers")
+    assert [(w["worker_id"], w["live"]) for w in workers] == [(f"played-{lab.datacenter}", True)]
     assert total == {
         "datacenter": lab.datacenter,
         "hosts": 3,

@@ -94,6 +94,19 @@ def test_datacenter_and_labels_filter_with_a_reason_naming_them() -> None:
     assert "gpu=a100" in refused.value.reason
 
 
+def test_datacenters_no_live_worker_serves_are_skipped_and_the_reason_names_them() -> None:
+    unserved = host("idle", datacenter="dc2", served=False)
+    busy = host("busy", claimed_vcpus=15)
+    with pytest.raises(NoPlacement) as refused:
+        rank([unserved], SMALL, Constraints(datacenter="dc2"))
+    assert refused.value.code == "no_provisioner"
+    assert refused.value.reason == "no provisioner is running for datacenter dc2"
+    with pytest.raises(NoPlacement) as full:
+        rank([unserved, busy], SMALL)  # room only where nobody would create the instance
+    assert full.value.code == "no_capacity"
+    assert [h.name for h in rank([unserved, host("free")], SMALL)] == ["free"]
+
+
 @pytest.mark.parametrize(
     "kwargs",
     [

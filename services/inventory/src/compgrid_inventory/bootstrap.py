@@ -11,6 +11,7 @@ from compgrid_inventory.entrypoints.consumers import register_consumers
 from compgrid_inventory.entrypoints.rpc import register_routes
 from compgrid_inventory.use_cases.deps import Deps
 from compgrid_inventory.use_cases.maintenance import every, expire_leases, repair_claims
+from compgrid_inventory.use_cases.workers import expire_commands
 from compgrid_runtime.app import ServiceApp
 from compgrid_runtime.rpc import call
 
@@ -40,9 +41,12 @@ def build(settings: Settings) -> tuple[ServiceApp, Deps]:
         uow=app.unit_of_work, settings=settings, ask=partial(_ask, app, settings.owner_timeout_s)
     )
     register_routes(app.rpc, deps)
-    register_consumers(app.consumers)
+    register_consumers(app.consumers, deps)
     app.background.append(
         every(settings.lease_check_interval_s, partial(expire_leases, deps), "leases")
     )
     app.background.append(every(settings.repair_interval_s, partial(repair_claims, deps), "claims"))
+    app.background.append(
+        every(settings.command_check_interval_s, partial(expire_commands, deps), "commands")
+    )
     return app, deps

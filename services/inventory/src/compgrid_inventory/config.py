@@ -24,7 +24,13 @@ class Settings(ServiceSettings):
     lease_warn_before_s: float = Field(default=24 * 3600.0, ge=0)
     lease_grace_s: float = Field(default=7 * 24 * 3600.0, ge=0, description="stopped → deleted")
     lease_check_interval_s: float = Field(default=60.0, gt=0)
-    repair_interval_s: float = Field(default=300.0, gt=0)
     owner_timeout_s: float = Field(
         default=3.0, gt=0, le=30, description="reading through to auth for a new budget code"
     )
+    repair_interval_s: float = Field(default=300.0, gt=0)
+    command_timeout_s: float = Field(
+        default=120.0,
+        gt=0,
+        description="a command no live provisioner worker took up by then fails its instance",
+    )
+    command_check_interval_s: float = Field(default=10.0, gt=0)

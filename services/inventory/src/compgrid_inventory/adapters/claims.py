@@ -5,7 +5,8 @@ from ``ix_host_placement``), locks it — skipping hosts another transaction is 
 concurrent requests spread over the next-best hosts — adds the demand to its claimed counters
 and records the claim row (one per instance). Postgres re-checks the fit against the committed
 row under the lock, and a check constraint refuses any overcommit, so two requests can never
-both take the last capacity. When nothing fits, ``candidates`` lets the domain say why.
+both take the last capacity. Only hosts of a datacenter with a live provisioner worker are
+claimed. When nothing fits, ``candidates`` lets the domain say why.
 ``release`` gives a claim back; both run inside the caller's transaction.
 """
 
@@ -21,6 +22,7 @@ from uuid import UUID
 from sqlalchemy import TextClause, text
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from compgrid_inventory.adapters.workers import live_in
 from compgrid_inventory.domain.placement import (
     ANYWHERE,
     Constraints,
@@ -44,6 +46,8 @@ _FITS = """
     AND h.claimed_memory_mib + :memory_mib <= floor(h.memory_mib * h.memory_overcommit)
     AND h.claimed_disk_gib + :disk_gib <= h.disk_gib
 """
+# Only datacenters with a live provisioner worker: nobody would create an instance elsewhere.
+_SERVED = live_in("(SELECT name FROM inventory.datacenter WHERE id = h.datacenter_id)")
 # The same test on an empty host: could this host ever take the demand?
 _COULD_EVER_FIT = """
     floor(h.vcpus * h.cpu_overcommit) >= :vcpus
@@ -146,6 +150,7 @@ def _host(row: Any) -> HostView:
         claimed_memory_mib=row.claimed_memory_mib,
         claimed_disk_gib=row.claimed_disk_gib,
         claimed_gpus=row.claimed_gpus,
+        served=getattr(row, "served", True),
     )
 
 
@@ -157,9 +162,10 @@ async def candidates(
     params["limit"] = CANDIDATES
     where = _where(constraints.datacenter is not None, bool(constraints.labels))
     gpus = len(demand.gpus)
-    fits = f"h.state = 'active' AND {_FITS}{_gpu_filter(gpus)}"
+    fits = f"h.state = 'active' AND {_SERVED} AND {_FITS}{_gpu_filter(gpus)}"
+    columns = f"{_HOST_COLUMNS}, {_SERVED} AS served"
     query = (
-        f"SELECT {_HOST_COLUMNS} FROM inventory.host h"
+        f"SELECT {columns} FROM inventory.host h"
         " JOIN inventory.datacenter d ON d.id = h.datacenter_id"
         f"{where} AND {fits} ORDER BY {_order(strategy)} LIMIT :limit"
     )
@@ -170,9 +176,9 @@ async def candidates(
     # may have been freed since) or else one that could ever take the demand (then it is only
     # full) — so Postgres puts those first and only a few rows come back, not every host.
     why = (
-        f"SELECT {_HOST_COLUMNS} FROM inventory.host h"
+        f"SELECT {columns} FROM inventory.host h"
         f" JOIN inventory.datacenter d ON d.id = h.datacenter_id{where}"
-        f" ORDER BY ({fits}) DESC,"
+        f" ORDER BY ({fits}) DESC, {_SERVED} DESC,"
         f" ({_COULD_EVER_FIT}{_gpu_filter(gpus, empty_host=True)}) DESC,"
         f" {_order(strategy)} LIMIT :limit"
     )
@@ -188,7 +194,8 @@ def _claim(
     where = _where(datacenter, labels)
     sql = (
         "WITH chosen AS ("
-        f" SELECT h.id FROM inventory.host h{where} AND h.state = 'active' AND {_FITS}"
+        f" SELECT h.id FROM inventory.host h{where} AND h.state = 'active' AND {_SERVED}"
+        f" AND {_FITS}"
         f"{_gpu_filter(gpus)}"
         f" ORDER BY {_order(strategy)} LIMIT 1 FOR UPDATE OF h"
         f"{' SKIP LOCKED' if skip_locked else ''}),"

@@ -12,6 +12,7 @@ from sqlalchemy import (
     Computed,
     Date,
     DateTime,
+    Float,
     ForeignKey,
     Index,
     Integer,
@@ -285,4 +286,19 @@ hold = Table(
     Column("budget_code_id", Uuid, nullable=False, index=True),
     Column("amount", Numeric(18, 6), nullable=False),
     _created_at(),
+)
+
+# The provisioner workers each datacenter has, from their heartbeats (one row per process). A
+# datacenter is placed on only while one of its workers is live (see ``adapters/workers.py``).
+worker = Table(
+    "worker",
+    metadata,
+    Column("id", String(200), primary_key=True),
+    Column("datacenter", String(64), nullable=False, index=True),
+    Column("hostname", String(255), nullable=False),
+    Column("pid", Integer, nullable=False),
+    Column("started_at", DateTime(timezone=True), nullable=False),
+    Column("last_seen_at", DateTime(timezone=True), nullable=False),
+    Column("interval_s", Float, nullable=False),
+    Column("stopped_at", DateTime(timezone=True), nullable=True),
 )

@@ -1,7 +1,8 @@
 """Placement: which host an instance goes to — filters first, then weighers.
 
 Filters drop hosts that cannot take the instance: not ``active``, another datacenter, missing
-labels, not enough vCPU or memory (after the host's overcommit ratio), disk or GPUs of the
+labels, a datacenter no live provisioner worker serves (nobody would create the instance
+there), not enough vCPU or memory (after the host's overcommit ratio), disk or GPUs of the
 model asked for. Weighers order what is left: hosts with GPUs come last (so work without GPUs
 does not leave GPUs unreachable behind CPU and memory it took), then ``pack`` takes the host
 with the fewest free vCPUs (fewer hosts busy, whole hosts free for big requests) and
@@ -62,6 +63,8 @@ class HostView:
     claimed_memory_mib: int = 0
     claimed_disk_gib: int = 0
     claimed_gpus: Mapping[str, int] = field(default_factory=dict)
+    served: bool = True
+    """A live provisioner worker serves the host's datacenter."""
 
     @property
     def vcpu_limit(self) -> int:
@@ -128,6 +131,11 @@ class NoPlacement(Exception):
         self.reason = reason
 
 
+def unserved_reason(datacenter: str) -> str:
+    """What a person reads when no provisioner worker serves a datacenter."""
+    return f"no provisioner is running for datacenter {datacenter}"
+
+
 def _passes(host: HostView, constraints: Constraints) -> bool:
     return (constraints.datacenter is None or host.datacenter == constraints.datacenter) and all(
         host.labels.get(k) == v for k, v in constraints.labels.items()
@@ -152,6 +160,11 @@ def rank(
         raise NoPlacement(
             "no_matching_host", f"no host matches {where}" + (f" with {labels}" if labels else "")
         )
+    served = [h for h in eligible if h.served]
+    if not served:
+        names = ", ".join(sorted({h.datacenter for h in eligible}))
+        raise NoPlacement("no_provisioner", unserved_reason(names))
+    eligible = served
     if not any(h.could_ever_fit(demand) for h in eligible):
         raise NoPlacement("too_large", "no host is large enough for this instance")
     fitting = [h for h in eligible if h.state == "active" and h.fits(demand)]

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+from functools import partial
+
+from nats.js.api import DeliverPolicy
+
 from compgrid_events.auth import BudgetCodeCreated, BudgetCodeUpdated, ProjectCreated
 from compgrid_events.billing import BudgetExhausted, BudgetStatusChanged
 from compgrid_events.provisioner import (
@@ -10,9 +14,11 @@ from compgrid_events.provisioner import (
     InstanceFailed,
     InstanceStarted,
     InstanceStopped,
+    WorkerHeartbeat,
 )
-from compgrid_events.streams import AUTH, BILLING, PROVISIONER
-from compgrid_inventory.use_cases import events
+from compgrid_events.streams import AUTH, BILLING, HEARTBEAT, PROVISIONER
+from compgrid_inventory.use_cases import events, workers
+from compgrid_inventory.use_cases.deps import Deps
 from compgrid_runtime.consumers import Consumers, ConsumerSpec
 
 IDENTITY = ConsumerSpec("identity", AUTH, "auth.>", "projects and budget codes, for admission")
@@ -26,8 +32,16 @@ RESULTS = ConsumerSpec(
     "instances and hosts as provisioners see them",
 )
 
+WORKERS = ConsumerSpec(
+    "workers",
+    HEARTBEAT,
+    "heartbeat.provisioner.>",
+    "which provisioner workers serve which datacenter",
+    deliver_policy=DeliverPolicy.NEW,  # an old heartbeat says nothing about now
+)
 
-def register_consumers(consumers: Consumers) -> None:
+
+def register_consumers(consumers: Consumers, deps: Deps) -> None:
     """Bind every handler to its durable consumer."""
     consumers.add(
         IDENTITY,
@@ -53,4 +67,10 @@ def register_consumers(consumers: Consumers) -> None:
             InstanceDeleted: events.on_deleted,
             HostUnreachable: events.on_host_unreachable,
         },
+    )
+    consumers.add(
+        WORKERS,
+        {WorkerHeartbeat: partial(workers.on_heartbeat, deps)},
+        transactional=False,
+        batched=True,
     )

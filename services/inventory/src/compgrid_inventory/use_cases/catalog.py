@@ -54,6 +54,7 @@ from compgrid_inventory.adapters.tables import (
     price_rate,
     price_tier,
 )
+from compgrid_inventory.adapters.workers import workers_of
 from compgrid_inventory.domain.lifecycle import LIVE
 from compgrid_inventory.domain.pricing import hourly_price
 from compgrid_inventory.use_cases.deps import Deps
@@ -129,7 +130,7 @@ async def update_datacenter(deps: Deps, caller: Caller, body: UpdateDatacenter) 
 
 
 async def list_datacenters(deps: Deps, caller: Caller, _: object) -> list[DatacenterPublic]:
-    """Every datacenter with its number of hosts."""
+    """Every datacenter with its number of hosts and its provisioner workers."""
     caller.require()
     async with deps.uow() as uow:
         counts = (
@@ -144,7 +145,11 @@ async def list_datacenters(deps: Deps, caller: Caller, _: object) -> list[Datace
                 .order_by(datacenter.c.name)
             )
         ).all()
-    return [_datacenter_public(r, r.host_count) for r in rows]
+        seen = await workers_of(uow.session, [r.name for r in rows])
+    return [
+        _datacenter_public(r, r.host_count).model_copy(update={"workers": seen.get(r.name, [])})
+        for r in rows
+    ]
 
 
 # Hosts ------------------------------------------------------------------------------------

@@ -101,7 +101,7 @@ async def _feasible(uow: UnitOfWork, demand: Demand, constraints: Constraints) -
     try:
         await claims.candidates(uow.session, demand, constraints, Strategy.PACK)
     except NoPlacement as none:
-        if none.code != "no_capacity":
+        if none.code not in ("no_capacity", "no_provisioner"):  # only "not now"
             field = "datacenter" if none.code == "no_matching_host" else "instance_type"
             raise Invalid(none.reason, code=none.code, field=field) from None
 

@@ -25,7 +25,7 @@ from compgrid_events.inventory import (
     InstanceStopRequested,
     projected_cost,
 )
-from compgrid_inventory.adapters import claims
+from compgrid_inventory.adapters import claims, workers
 from compgrid_inventory.adapters.repository import (
     get_budget,
     get_instance,
@@ -298,10 +298,20 @@ async def request_stop(uow: UnitOfWork, row: Any, reason: str, *, reason_code: s
 
 
 async def request_delete(uow: UnitOfWork, row: Any, reason: str = "") -> Any:
-    """Delete an instance: through its provisioner when it has a host, else at once."""
+    """Delete an instance: through its provisioner when it has a host, else at once.
+
+    An instance no hypervisor ever reported on, in a datacenter no worker serves, is deleted at
+    once too; the command still goes out, for a worker that comes back holding a part of it.
+    """
     if row.host_id is None:
         return await transition(uow, row, S.DELETED, reason=reason or None)
-    row = await transition(uow, row, S.DELETING, commanded_at=func.now())
+    if row.observed_at is None and not await workers.has_live_worker(
+        uow.session, row.datacenter_name
+    ):
+        why = reason or "it never reached a hypervisor"
+        row = await transition(uow, row, S.DELETED, reason=why, commanded_at=func.now())
+    else:
+        row = await transition(uow, row, S.DELETING, commanded_at=func.now())
     uow.emit(
         InstanceDeleteRequested(
             instance_id=row.id,

@@ -18,6 +18,7 @@ from compgrid_events.inventory_api import (
 )
 from compgrid_inventory.adapters.repository import get_project, project_usage
 from compgrid_inventory.adapters.tables import datacenter, host, instance, project
+from compgrid_inventory.adapters.workers import workers_of
 from compgrid_inventory.domain.admission import Limits, Size
 from compgrid_inventory.use_cases.deps import Deps
 from compgrid_inventory.use_cases.lifecycle import limits
@@ -108,7 +109,8 @@ def _add(into: dict[str, int], more: dict[str, Any]) -> None:
 
 
 async def utilisation(deps: Deps, caller: Caller, body: UtilisationQuery) -> list[Utilisation]:
-    """Capacity, claims and instances by state, per datacenter (or per host when asked)."""
+    """Capacity, claims, instances by state and provisioner workers, per datacenter (or per
+    host when asked)."""
     require_role(caller.require(), "admin")
     hosts = select(host, datacenter.c.name.label("datacenter_name")).join(
         datacenter, datacenter.c.id == host.c.datacenter_id
@@ -123,13 +125,22 @@ async def utilisation(deps: Deps, caller: Caller, body: UtilisationQuery) -> lis
     async with deps.uow() as uow:
         rows = (await uow.session.execute(hosts.order_by(datacenter.c.name, host.c.name))).all()
         counts = (await uow.session.execute(states)).all()
+        seen = await workers_of(uow.session, {r.datacenter_name for r in rows})
     by_host: dict[Any, dict[str, int]] = {}
     for count in counts:
         by_host.setdefault(count.host_id, {})[count.state] = count.n
     groups: dict[str, dict[str, Any]] = {}
     for row in rows:
         key = f"{row.datacenter_name}/{row.name}" if body.per_host else row.datacenter_name
-        group = groups.setdefault(key, {"gpus": {}, "gpus_claimed": {}, "instances_by_state": {}})
+        group = groups.setdefault(
+            key,
+            {
+                "gpus": {},
+                "gpus_claimed": {},
+                "instances_by_state": {},
+                "workers": seen.get(row.datacenter_name, []),
+            },
+        )
         active = row.state == "active"
         for name, value in (
             ("hosts", 1),
