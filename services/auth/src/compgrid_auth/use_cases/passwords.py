@@ -70,8 +70,10 @@ async def change_password(deps: Deps, caller: Caller, body: ChangePassword) -> d
     """The caller replaces their password, proving the current one."""
     principal = caller.require()
     async with deps.uow() as uow:
+        email = (await get_user(uow.session, principal.user_id)).email
+    await check_throttle(deps, email, caller.client_address)  # the same guesses as at login
+    async with deps.uow() as uow:
         user = await get_user(uow.session, principal.user_id, lock=True)
-        await check_throttle(deps, user.email, caller.client_address)  # same guesses as login
         if not await deps.hasher.verify(user.password_hash, body.current_password):
             raise Invalid("current_password: does not match", field="current_password")
         await _set_password(
