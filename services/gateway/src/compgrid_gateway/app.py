@@ -20,6 +20,7 @@ from compgrid_gateway.idempotency import Idempotency
 from compgrid_gateway.ratelimit import RateLimits
 from compgrid_gateway.routes import auth, catalog, instances, money, people, stats
 from compgrid_gateway.routes.common import API
+from compgrid_gateway.streams import StreamSlots
 from compgrid_runtime.app import nats_options
 from compgrid_runtime.settings import Environment
 from compgrid_runtime.tokens import KeyWatcher, TokenVerifier
@@ -71,6 +72,13 @@ def create_app(settings: Settings) -> FastAPI:
     )
     app.state.settings = settings
     app.state.hub = hub
+    app.state.streams = StreamSlots(
+        redis,
+        per_token=settings.streams_per_token,
+        per_user=settings.streams_per_user,
+        lease_s=max(60.0, 3 * settings.sse_keepalive_s),
+        prefix=settings.streams_prefix,
+    )
     app.state.public_url = settings.public_url.rstrip("/")
     problems.install(app)
     access.install(app)

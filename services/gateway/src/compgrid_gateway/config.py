@@ -33,6 +33,11 @@ class Settings(ServiceSettings):
     idempotency_ttl_s: int = Field(default=86_400, ge=60, le=7 * 86_400)
     idempotency_prefix: str = "compgrid:gateway:idem:"
     sse_keepalive_s: float = Field(default=15.0, gt=0, le=300)
+    streams_per_token: int = Field(default=10, ge=1, description="open event streams per token")
+    streams_per_user: int = Field(default=20, ge=1, description="open event streams per user")
+    streams_prefix: str = Field(
+        default="compgrid:gateway:streams", description="Redis keys of the open streams"
+    )
     access_log: bool = False
     trusted_proxies: list[str] = Field(
         default_factory=list,

@@ -265,12 +265,13 @@ async def instance_events(
     request: Request, ctx: CtxDep, instance_id: Annotated[UUID | None, Query()] = None
 ) -> StreamingResponse:
     """Live state changes of the caller's instances (or of one), as server-sent events."""
-    ctx.principal()  # refuse a missing or bad token before the stream starts
+    caller = ctx.principal()  # refuse a missing or bad token before the stream starts
     if instance_id is not None:
         await ctx.ask("inventory", "instances.get", {"instance_id": str(instance_id)})
     settings = request.app.state.settings
+    slot = await request.app.state.streams.open(caller)  # 429 beyond the open-stream limits
     return StreamingResponse(
-        live.stream(request.app.state.hub, ctx, instance_id, settings.sse_keepalive_s),
+        slot.hold(live.stream(request.app.state.hub, ctx, instance_id, settings.sse_keepalive_s)),
         media_type="text/event-stream",
         headers={"X-Accel-Buffering": "no"},
     )
