@@ -135,6 +135,26 @@ async def test_requests_name_the_budget_code_by_code_or_id(
     assert unknown.json()["field"] == "budget_code_id"
 
 
+async def test_a_grant_is_read_and_changed_by_its_code(
+    client: httpx.AsyncClient, stack: Stack
+) -> None:
+    grant = await demo_grant(client, stack)
+    code = await _new_code(client, stack, grant["project_id"])
+    pi = stack.headers("pi")
+    by_code = await client.get(f"/budget-codes/{code['code']}", headers=pi)
+    assert by_code.status_code == 200, by_code.text
+    assert by_code.json() == code
+    changed = await client.patch(
+        f"/budget-codes/{code['code']}",
+        json={"name": "renamed grant"},
+        headers={**pi, "If-Match": by_code.headers["etag"]},
+    )
+    assert changed.status_code == 200, changed.text
+    assert (changed.json()["id"], changed.json()["name"]) == (code["id"], "renamed grant")
+    missing = await client.get("/budget-codes/NO-SUCH-GRANT", headers=pi)
+    assert missing.status_code == 404
+
+
 # Item 16: a refusal decided at request time is a problem ---------------------------------------
 
 

@@ -208,6 +208,16 @@ class Invite(Contract):
     role: ProjectRole = ProjectRole.MEMBER
 
 
+BudgetCodeKey = Annotated[
+    str,
+    StringConstraints(
+        strip_whitespace=True, min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._/-]+$"
+    ),
+    Field(description="the budget code's id or its code (e.g. DEMO-GRANT-1)"),
+]
+"""A budget code as people type it: its id or its code (codes are unique)."""
+
+
 class CreateBudgetCode(Contract):
     """A grant for a project."""
 
@@ -225,7 +235,7 @@ class CreateBudgetCode(Contract):
 class UpdateBudgetCode(Contract):
     """Change a grant; ``expected_version`` guards against lost updates."""
 
-    budget_code_id: UUID
+    budget_code_id: BudgetCodeKey
     expected_version: int = Field(ge=1)
     name: Name | None = None
     funding_amount: Decimal | None = Field(default=None, gt=0, max_digits=18, decimal_places=4)
@@ -255,7 +265,7 @@ class BudgetCodePublic(Contract):
 class BudgetCodeRef(Contract):
     """Names one grant."""
 
-    budget_code_id: UUID
+    budget_code_id: BudgetCodeKey
 
 
 class ListBudgetCodes(Contract):

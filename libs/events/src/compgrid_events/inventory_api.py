@@ -13,7 +13,7 @@ from uuid import UUID
 
 from pydantic import AfterValidator, Field, StringConstraints
 
-from compgrid_events.auth_api import Limit, Page
+from compgrid_events.auth_api import BudgetCodeKey, Limit, Page
 from compgrid_events.base import Contract, Currency, Money, MoneyLimit, RoutingToken, UtcDatetime
 from compgrid_events.inventory import HostState, InstanceState
 
@@ -285,22 +285,12 @@ class InstanceTypePublic(Contract):
     retired_at: datetime | None
 
 
-BudgetCodeRef = Annotated[
-    str,
-    StringConstraints(
-        strip_whitespace=True, min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._/-]+$"
-    ),
-    Field(description="the budget code's id or its code (e.g. DEMO-GRANT-1)"),
-]
-"""A budget code as people type it: its id or its code."""
-
-
 class RequestInstance(Contract):
     """A researcher asks for an instance."""
 
     name: Name
     project_id: UUID
-    budget_code_id: BudgetCodeRef
+    budget_code_id: BudgetCodeKey
     instance_type: str = Field(min_length=1, max_length=64, description="type name or id")
     image: str = Field(min_length=1, max_length=64, description="image name or id")
     datacenter: RoutingToken | None = None
@@ -325,7 +315,7 @@ class RequestByRequirements(Contract):
 
     name: Name
     project_id: UUID
-    budget_code_id: BudgetCodeRef
+    budget_code_id: BudgetCodeKey
     requirements: Requirements
     image: str | None = Field(
         default=None, min_length=1, max_length=64, description="default: newest of the system type"

@@ -57,9 +57,15 @@ async def project_members(session: AsyncSession, project_id: UUID) -> dict[UUID,
     return dict((await session.execute(query)).all())
 
 
-async def get_budget_code(session: AsyncSession, code_id: UUID, *, lock: bool = False) -> Row[Any]:
-    """Return one budget code or raise NotFound."""
-    query = select(budget_code).where(budget_code.c.id == code_id)
+async def get_budget_code(
+    session: AsyncSession, ref: UUID | str, *, lock: bool = False
+) -> Row[Any]:
+    """Return one budget code, by id or by its code, or raise NotFound."""
+    try:
+        condition = budget_code.c.id == (ref if isinstance(ref, UUID) else UUID(ref))
+    except ValueError:
+        condition = budget_code.c.code == ref
+    query = select(budget_code).where(condition)
     row = (await session.execute(query.with_for_update() if lock else query)).first()
     if row is None:
         raise NotFound("no such budget code")

@@ -7,7 +7,7 @@ from __future__ import annotations
 from typing import Annotated
 from uuid import UUID
 
-from fastapi import APIRouter, Body, Query, Request
+from fastapi import APIRouter, Body, Path, Query, Request
 from starlette.responses import Response
 
 from compgrid_events import auth_api as api
@@ -35,6 +35,15 @@ ProjectInvite = without(api.Invite, "project_id", name="ProjectInvite")
 QuotaChange = without(inv.SetQuota, "project_id", name="QuotaChange")
 PolicyChange = without(inv.SetPolicy, "project_id", name="PolicyChange")
 ContactsChange = without(billing_api.SetContacts, "project_id", name="ContactsChange")
+BudgetCodePath = Annotated[
+    str,
+    Path(
+        min_length=1,
+        max_length=64,
+        pattern=r"^[A-Za-z0-9._/-]+$",
+        description="the budget code's id or its code (e.g. DEMO-GRANT-1)",
+    ),
+]
 BudgetCodeChange = without(
     api.UpdateBudgetCode, "budget_code_id", "expected_version", name="BudgetCodeChange"
 )
@@ -237,9 +246,9 @@ async def create_budget_code(request: Request, ctx: CtxDep, body: api.CreateBudg
     response_model=api.BudgetCodePublic,
     responses=ETAG_HEADER,
 )
-async def get_budget_code(ctx: CtxDep, budget_code_id: UUID) -> Response:
-    """A grant, with its version as the ETag."""
-    code = await ctx.ask("auth", "budget_codes.get", {"budget_code_id": str(budget_code_id)})
+async def get_budget_code(ctx: CtxDep, budget_code_id: BudgetCodePath) -> Response:
+    """A grant (by id or code), with its version as the ETag."""
+    code = await ctx.ask("auth", "budget_codes.get", {"budget_code_id": budget_code_id})
     return with_etag(code)
 
 
@@ -251,12 +260,12 @@ async def get_budget_code(ctx: CtxDep, budget_code_id: UUID) -> Response:
 async def update_budget_code(
     request: Request,
     ctx: CtxDep,
-    budget_code_id: UUID,
+    budget_code_id: BudgetCodePath,
     body: BudgetCodeChange,  # type: ignore[valid-type]
 ) -> Response:
-    """Change a grant; ``If-Match`` with the ETag read is required."""
+    """Change a grant (by id or code); ``If-Match`` with the ETag read is required."""
     ctx.principal()  # who asks comes before whether the version matches
-    ref = {"budget_code_id": str(budget_code_id)}
+    ref = {"budget_code_id": budget_code_id}
     version = await expected_version(
         request, required=True, current=lambda: ctx.ask("auth", "budget_codes.get", ref)
     )
