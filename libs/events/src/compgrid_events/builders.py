@@ -79,6 +79,8 @@ def _scalar(name: str, annotation: type[Any], constraints: list[Any]) -> Any:
         return _lower_bound(constraints)
     if annotation is Decimal:
         return Decimal(_lower_bound(constraints))
+    if annotation is float:
+        return float(_lower_bound(constraints))
     if annotation is str:
         return _string(name, constraints)
     raise TypeError(f"no builder for field {name!r} of type {annotation!r}; pass an override")
