@@ -9,6 +9,9 @@ Order of preference for each of Postgres, Redis and NATS:
    JetStream in a temporary directory on a free port (so every run has its own streams).
 
 Each run gets a fresh Postgres database and its own Redis key prefix; both are removed after.
+While the run lasts, every service process it starts (in this process or as a child) keeps a
+small connection pool (:data:`TEST_POOLS`), so a run fits beside ``just dev`` on one default
+Postgres (100 connections); see docs/decisions/0019-connection-budget.md.
 """
 
 from __future__ import annotations
@@ -32,6 +35,17 @@ from compgrid_runtime.streams import ensure_streams
 
 LOCAL_POSTGRES = "postgresql://postgres@127.0.0.1:5432/postgres"
 LOCAL_REDIS = "redis://127.0.0.1:6379/0"
+TEST_POOLS = {
+    "COMPGRID_DB_POOL_SIZE": "2",  # any other process built on the runtime (the sample service)
+    "COMPGRID_AUTH_DB_POOL_SIZE": "2",
+    "COMPGRID_INVENTORY_DB_POOL_SIZE": "3",
+    "COMPGRID_METERING_DB_POOL_SIZE": "2",
+    "COMPGRID_BILLING_DB_POOL_SIZE": "3",
+    # a provisioner command may hold two connections: 2 x 2 + 1
+    "COMPGRID_PROVISIONER_COMMAND_CONCURRENCY": "2",
+    "COMPGRID_PROVISIONER_DB_POOL_SIZE": "5",
+}
+"""Connection pools of the service processes a test run starts (a variable already set wins)."""
 
 
 def docker_engine_answers() -> bool:
@@ -125,10 +139,27 @@ async def drop_database(admin_url: str, name: str) -> None:
 
 
 @contextlib.contextmanager
+def small_pools() -> Iterator[None]:
+    """Give the processes started meanwhile the small pools of :data:`TEST_POOLS`."""
+    added = {name: value for name, value in TEST_POOLS.items() if name not in os.environ}
+    os.environ.update(added)
+    try:
+        yield
+    finally:
+        for name in added:
+            os.environ.pop(name, None)
+
+
+@contextlib.contextmanager
 def servers(tmp: Path) -> Iterator[tuple[Servers, str, str]]:
     """Yield the run's servers, plus the Postgres admin URL and the database name."""
     run = uuid.uuid4().hex[:10]
-    with _postgres_admin_url() as admin, _redis_url() as redis_url, _nats_url(tmp) as nats_url:
+    with (
+        small_pools(),
+        _postgres_admin_url() as admin,
+        _redis_url() as redis_url,
+        _nats_url(tmp) as nats_url,
+    ):
         name = f"compgrid_test_{run}"
         yield (
             Servers(_with_database(admin, name), redis_url, f"test:{run}:", nats_url),

@@ -57,7 +57,11 @@ class ServiceSettings(BaseSettings):
     environment: Environment = Environment.DEVELOPMENT
     database_url: str = "postgresql+asyncpg://postgres@127.0.0.1:5432/compgrid"
     db_pool_size: int = Field(
-        default=10, ge=1, le=100, description="database connections kept by the process"
+        default=10,
+        ge=1,
+        le=100,
+        description="most database connections the process opens (each service sets its own "
+        "default; Postgres' max_connections must cover the sum over every process)",
     )
     nats_url: str = "nats://127.0.0.1:4222"
     nats_user: str | None = None

@@ -18,6 +18,10 @@ class Settings(ServiceSettings):
     model_config = SettingsConfigDict(env_prefix="COMPGRID_AUTH_", extra="ignore")
     service_name = "auth"
 
+    db_pool_size: int = Field(
+        default=4, ge=1, le=100, description="most database connections the process opens"
+    )
+
     access_ttl_s: int = Field(default=900, ge=30, le=86_400)
     refresh_ttl_s: int = Field(default=14 * 86_400, ge=60)
     reset_ttl_s: int = Field(default=3600, ge=60)

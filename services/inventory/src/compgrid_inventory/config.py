@@ -14,6 +14,10 @@ class Settings(ServiceSettings):
     model_config = SettingsConfigDict(env_prefix="COMPGRID_INVENTORY_", extra="ignore")
     service_name = "inventory"
 
+    db_pool_size: int = Field(
+        default=10, ge=1, le=100, description="most database connections the process opens"
+    )
+
     admission_horizon_hours: float = Field(
         default=24.0, gt=0, le=24 * 366, description="hold = hourly price times this (or the lease)"
     )

@@ -14,6 +14,10 @@ class Settings(ServiceSettings):
     model_config = SettingsConfigDict(env_prefix="COMPGRID_METERING_", extra="ignore")
     service_name = "metering"
 
+    db_pool_size: int = Field(
+        default=4, ge=1, le=100, description="most database connections the process opens"
+    )
+
     redis_prefix: str = Field(
         default="compgrid:metering:", description="every metering key starts with this"
     )

@@ -42,7 +42,7 @@ class Settings(ServiceSettings):
         default=300.0, gt=0, description="a command not finished by then goes to another worker"
     )
     db_pool_size: int = Field(
-        default=40, ge=1, le=200, description="database connections kept by the process"
+        default=33, ge=1, le=200, description="most database connections (2 x commands + 1)"
     )
     usage_retention_days: float = Field(
         default=400.0,
