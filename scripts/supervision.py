@@ -117,7 +117,7 @@ class Supervisor:
         count = len(process.deaths)
         if count >= self.max_deaths:
             raise GaveUp(
-                f"{process.name} exited with code {code}, its {count}th death within "
+                f"{process.name} exited with code {code}, {count} times within "
                 f"{self.window_s:.0f}s; giving up: stopping everything"
             )
         delay = min(self.backoff_s * 2 ** (count - 1), self.max_backoff_s)

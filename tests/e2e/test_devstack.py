@@ -287,3 +287,28 @@ def test_the_launchers_help_names_it_and_shows_every_default() -> None:
     for block in described:
         assert "(default: " in " ".join(block.split()), block
     assert "deaths of one service that end the run (default: 5)" in " ".join(options.split())
+
+
+async def test_dev_gives_up_on_a_service_that_keeps_dying_and_stops_everything(
+    real: Servers, postgres_admin: str, tmp_path: Path
+) -> None:
+    server, _, name = real.database_url.rpartition("/")
+    env = {
+        "COMPGRID_DATABASE_URL": f"{server}/{name}_dying",
+        "COMPGRID_REDIS_URL": real.redis_url,
+        "COMPGRID_GATEWAY_SSE_KEEPALIVE_S": "0",  # refused by its settings: exits at once
+    }
+    try:
+        done = run_devstack(tmp_path, env, "--restart-limit", "3")
+    finally:
+        await drop_database(postgres_admin, f"{name}_dying")
+    out = done.stdout
+    assert done.returncode == 1, out
+    assert "gateway exited with code 1; restarting it in 1s" in out, out
+    assert "gateway exited with code 1; restarting it in 2s" in out, out  # backing off
+    assert "gateway exited with code 1, 3 times within 60s; giving up: stopping everything" in out
+    stopped = next(line for line in out.splitlines() if "stopped: " in line)
+    for process in PROCESSES[:-1]:
+        assert f"{process}=0" in stopped, stopped  # the others ran until then and stop cleanly
+    assert out.rstrip().endswith("all stopped"), out
+    no_process_left(tmp_path)
