@@ -61,7 +61,9 @@ async def test_sessions_refresh_logout_and_api_tokens(client: httpx.AsyncClient)
     assert wrong.status_code == 401
     assert wrong.json()["code"] == "login_failed"
 
-    headers = {"Authorization": f"Bearer {new['access_token']}"}
+    # the logged-out session's access token ends too (test_sessions_access.py): sign in again
+    signed_in = await client.post("/auth/login", json={"email": email, "password": password})
+    headers = {"Authorization": f"Bearer {signed_in.json()['access_token']}"}
     made = await client.post("/me/api-tokens", json={"name": "ci"}, headers=headers)
     assert made.status_code == 201
     assert made.headers["location"].startswith("/api/v1/me/api-tokens/")
