@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import contextlib
 import os
+import subprocess
+import sys
 import uuid
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
@@ -138,6 +140,16 @@ def worker_environment(real: Servers, datacenter: str, **overrides: Any) -> dict
     env["COMPGRID_PROVISIONER_HTTP_PORT"] = "0"
     env["COMPGRID_PROVISIONER_LOG_LEVEL"] = "INFO"
     return env
+
+
+def spawn_worker(real: Servers, datacenter: str, log: Path, **env: str) -> subprocess.Popen[bytes]:
+    """A worker in a process of its own (``compgrid-provisioner``), its output in ``log``."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "compgrid_provisioner"],
+        env=worker_environment(real, datacenter) | env,
+        stdout=log.open("ab"),
+        stderr=subprocess.STDOUT,
+    )
 
 
 @dataclass

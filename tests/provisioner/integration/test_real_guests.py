@@ -14,7 +14,6 @@ import itertools
 import os
 import signal
 import subprocess
-import sys
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
@@ -38,7 +37,7 @@ from tests.provisioner.integration.conftest import (
     REAL_POOL_PATH,
     Datacenter,
     running_worker,
-    worker_environment,
+    spawn_worker,
 )
 from tests.runtime.integration.waiting import wait_until
 
@@ -225,16 +224,6 @@ async def test_metering_continues_without_gap_or_overlap_across_a_worker_restart
     assert len(conn.listAllDomains()) >= 1
 
 
-def _spawn(real: Servers, datacenter: str, log: Path, **env: str) -> subprocess.Popen[bytes]:
-    environment = worker_environment(real, datacenter) | env
-    return subprocess.Popen(
-        [sys.executable, "-m", "compgrid_provisioner"],
-        env=environment,
-        stdout=log.open("ab"),
-        stderr=subprocess.STDOUT,
-    )
-
-
 async def test_a_worker_killed_in_the_middle_of_creates_leaves_each_instance_running_once(
     provisioner_schema: Servers,
     real_dc: Datacenter,
@@ -248,7 +237,7 @@ async def test_a_worker_killed_in_the_middle_of_creates_leaves_each_instance_run
     # The worker kills itself (SIGKILL) right after starting its third guest, before that
     # create is committed or acknowledged; creates run side by side, so others may be anywhere
     # between their row and their report.
-    doomed = _spawn(
+    doomed = spawn_worker(
         provisioner_schema,
         dc.name,
         log,
@@ -262,7 +251,7 @@ async def test_a_worker_killed_in_the_middle_of_creates_leaves_each_instance_run
         assert doomed.returncode == -signal.SIGKILL, log.read_text()[-2000:]
         assert len(ours(conn, dc.name)) >= 3, "three guests were started before the kill"
         assert len(await dc.results.matching(InstanceStarted)) < 5
-        survivor = _spawn(provisioner_schema, dc.name, log)
+        survivor = spawn_worker(provisioner_schema, dc.name, log)
         try:
             for create in creates:
                 await dc.results.wait_for(

@@ -1,8 +1,10 @@
-"""Simulated hosts for libvirt's in-process test driver, and CompGrid domains defined on them."""
+"""Simulated hosts for libvirt's in-process test driver, CompGrid domains defined on them, and
+the domains a simulated host keeps when its connection (its worker) goes away."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 from uuid import UUID
@@ -11,7 +13,14 @@ from xml.etree import ElementTree as ET
 import libvirt
 import pytest
 
-from compgrid_provisioner.adapters.simulated import SimulatedHost, node_xml, write_hosts
+from compgrid_provisioner.adapters.hypervisor import Hypervisor, Power
+from compgrid_provisioner.adapters.simulated import (
+    SavedDomain,
+    SavedDomains,
+    SimulatedHost,
+    node_xml,
+    write_hosts,
+)
 from compgrid_provisioner.domain.domain_xml import (
     NAMESPACE,
     Disk,
@@ -277,3 +286,52 @@ def test_a_second_define_of_the_same_instance_replaces_rather_than_duplicates(
     conn.defineXML(domain_xml(_spec()))
     conn.defineXML(domain_xml(_spec(network="user")))
     assert [dom.UUIDString() for dom in conn.listAllDomains()] == [str(INSTANCE)]
+
+
+# --- simulated hosts keep their domains across connections ------------------------------------
+
+
+def _hypervisor(uri: str) -> Hypervisor:
+    return Hypervisor(uri, domain_type="test", storage_pool=POOL, pool_path="/unused")
+
+
+def test_a_simulated_host_opened_again_has_the_domains_it_had_running_or_stopped(
+    tmp_path: Path,
+) -> None:
+    uri = write_hosts(tmp_path, [SimulatedHost("sim-host-01")], POOL)["sim-host-01"]
+    first = _hypervisor(uri)
+    running, stopped = _spec(), _spec()
+    stopped = replace(
+        stopped,
+        meta=replace(stopped.meta, instance_id=UUID(int=7)),
+        name=domain_name(UUID(int=7)),
+    )
+    first.define_and_start(running)
+    first.define_and_start(stopped)
+    assert first.stop(stopped.meta.instance_id, timeout_s=1) is Power.OFF
+    first.close()
+
+    write_hosts(tmp_path, [SimulatedHost("sim-host-01")], POOL)  # as `just dev` does on start
+    again = _hypervisor(uri)
+    assert again.power(running.meta.instance_id) is Power.RUNNING
+    assert again.power(stopped.meta.instance_id) is Power.OFF
+    assert {f.meta for f in again.ours()} == {running.meta, stopped.meta}
+
+    again.remove(running.meta.instance_id, [])
+    again.close()
+    assert _hypervisor(uri).power(running.meta.instance_id) is Power.MISSING
+
+
+def test_domains_are_kept_beside_the_node_file_and_not_for_the_default_host(
+    tmp_path: Path,
+) -> None:
+    uri = write_hosts(tmp_path, [SimulatedHost("h")], POOL)["h"]
+    saved = SavedDomains.of(uri)
+    assert saved is not None
+    assert saved.directory == tmp_path.resolve() / "h.domains"
+    assert SavedDomains.of("test:///default") is None
+    saved.save("a", SavedDomain("<domain/>", running=True))
+    (saved.directory / "b.json").write_text("{not json")  # a torn file is skipped
+    assert saved.load() == [SavedDomain("<domain/>", running=True)]
+    saved.forget("a")
+    assert saved.load() == []

@@ -22,6 +22,7 @@ from uuid import UUID
 
 import libvirt
 
+from compgrid_provisioner.adapters.simulated import SavedDomain, SavedDomains
 from compgrid_provisioner.domain.domain_xml import (
     NAMESPACE,
     DomainSpec,
@@ -103,6 +104,7 @@ class Hypervisor:
         self._pool_path = pool_path
         self._conn: libvirt.virConnect | None = None
         self._lock = threading.Lock()
+        self._saved = SavedDomains.of(uri) if self.simulated else None
 
     # Connection --------------------------------------------------------------------------
 
@@ -116,16 +118,39 @@ class Hypervisor:
                         return conn
                 except libvirt.libvirtError:
                     pass
-                # A simulated host lives inside its connection: reopening it starts afresh.
+                # A simulated host lives inside its connection: reopening it restores what
+                # was saved of it.
                 self._conn = None
             try:
                 self._conn = libvirt.open(self.uri)
             except libvirt.libvirtError as exc:
                 raise HostUnreachableError(f"{self.uri}: {_message(exc)}") from None
+            self._restore(self._conn)
             return self._conn
 
+    def _restore(self, conn: libvirt.virConnect) -> None:
+        """Give a freshly opened simulated host the domains it had when last changed."""
+        for saved in self._saved.load() if self._saved is not None else []:
+            try:
+                dom = conn.defineXML(saved.xml)
+                if saved.running and dom.state()[0] not in _UP:
+                    dom.create()
+            except libvirt.libvirtError as exc:
+                log.warning("simulated domain not restored", uri=self.uri, error=_message(exc))
+
+    def _keep(self, conn: libvirt.virConnect, instance_id: UUID) -> None:
+        """Save a simulated domain's state after a change (a real host keeps it by itself)."""
+        if self._saved is None:
+            return
+        dom = find_domain(conn, instance_id)
+        if dom is None:
+            self._saved.forget(str(instance_id))
+            return
+        xml = dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE)
+        self._saved.save(str(instance_id), SavedDomain(xml, dom.state()[0] in _UP))
+
     def close(self) -> None:
-        """Close the connection (a simulated host's domains go with it)."""
+        """Close the connection (a simulated host's domains are kept on disk)."""
         with self._lock:
             conn, self._conn = self._conn, None
         if conn is not None:
@@ -169,6 +194,7 @@ class Hypervisor:
                 dom = conn.defineXML(domain_xml(spec))
             if dom.state()[0] not in _UP:
                 dom.create()
+            self._keep(conn, spec.meta.instance_id)
 
         self._run("create domain", work)
 
@@ -181,6 +207,7 @@ class Hypervisor:
                 return Power.MISSING
             if dom.state()[0] not in _UP:
                 dom.create()
+                self._keep(conn, instance_id)
             return Power.RUNNING
 
         return self._run("start domain", work)
@@ -197,6 +224,7 @@ class Hypervisor:
             except libvirt.libvirtError as exc:  # no ACPI and no agent: go straight to destroy
                 log.info("graceful shutdown refused", instance=str(instance_id), error=str(exc))
                 return dom
+            self._keep(conn, instance_id)
             return dom
 
         dom = self._run("shut down domain", ask)
@@ -215,6 +243,7 @@ class Hypervisor:
             if found.state()[0] in _UP:
                 log.info("guest ignored shutdown; destroying", instance=str(instance_id))
                 found.destroy()
+                self._keep(conn, instance_id)
             return Power.OFF
 
         return self._run("destroy domain", force)
@@ -251,6 +280,7 @@ class Hypervisor:
                     dom.undefineFlags(flags)
                 except libvirt.libvirtError:
                     dom.undefine()
+            self._keep(conn, instance_id)
             self._delete_volumes(conn, volumes)
 
         self._run("delete domain", work)
