@@ -171,6 +171,15 @@ async def test_dev_starts_a_provisioner_worker_for_a_datacenter_created_while_it
     command = (await asyncio.to_thread(proc.read_bytes)).split(b"\0")
     assert command[command.index(b"--datacenter") + 1] == name.encode(), command
 
+    async def announced() -> list[dict[str, Any]] | None:
+        async with dev.http() as http:
+            reply = await http.get("/datacenters", headers=await dev.headers("admin"))
+        assert reply.status_code == 200, reply.text
+        made = next(dc for dc in reply.json() if dc["name"] == name)
+        return [w for w in made["workers"] if w["live"]] or None
+
+    await eventually(announced, f"a live worker of {name} in GET /datacenters", 60)
+
 
 async def wait_running(dev: Dev, http: httpx.AsyncClient, instance_id: str) -> None:
     """Wait until the instance runs (a service on its way may be restarting)."""
