@@ -58,16 +58,17 @@ async def rebuild(deps: Deps, nc: NatsClient, since: datetime, batch: int = 512)
             inactive_threshold=60.0,
         ),
     )
-    counted = 0
-    seen = 0
+    counted = seen = last = 0
     try:
-        while end:
+        while last < end:
             try:
                 messages = await sub.fetch(batch, timeout=2)
             except (TimeoutError, NatsTimeoutError):
-                break
+                # a slow answer is not the end: only the consumer knows whether more is left
+                if (await sub.consumer_info()).num_pending == 0:
+                    break
+                continue
             ticks = []
-            last = 0
             for msg in messages:
                 last = msg.metadata.sequence.stream
                 if last > end:
@@ -82,8 +83,6 @@ async def rebuild(deps: Deps, nc: NatsClient, since: datetime, batch: int = 512)
                 applied = await deps.counters.apply(ticks, now_ms=int(time.time() * 1000))
                 counted += sum(applied)
                 seen += len(ticks)
-            if last >= end:
-                break
     finally:
         await sub.unsubscribe()
     await deps.counters.mark_intact()
