@@ -163,6 +163,24 @@ async def counters(metering_schema: Servers, prefix: str) -> AsyncIterator[Count
     await redis.aclose()
 
 
+async def lose_counters(counters: Counters, prefix: str, *, hold_rebuild: bool = False) -> None:
+    """Redis loses every key of the prefix at once; with ``hold_rebuild`` the rebuild lock is
+    taken in the same transaction (as if another process were rebuilding), so metering cannot
+    rebuild until the test lets go (``let_rebuild``)."""
+    keys = [k async for k in counters.redis.scan_iter(match=f"{prefix}*", count=1000)]
+    async with counters.redis.pipeline(transaction=True) as pipe:
+        for start in range(0, len(keys), 500):
+            pipe.delete(*keys[start : start + 500])
+        if hold_rebuild:
+            pipe.set(counters.key("rebuilding"), "held-by-the-test", px=120_000)
+        await pipe.execute()
+
+
+async def let_rebuild(counters: Counters) -> None:
+    """Let go of the rebuild lock ``lose_counters`` took."""
+    await counters.redis.delete(counters.key("rebuilding"))
+
+
 async def consumer_drained(nc: NatsClient, durable: str = "metering-usage") -> bool:
     """True when the metering consumer has acknowledged everything in the USAGE stream."""
     info = await nc.jetstream().consumer_info("USAGE", durable)

@@ -59,7 +59,8 @@ class HourUsage(Amounts):
 
 
 class UsageReport(Contract):
-    """The hours with usage in the window, oldest first, and their sum."""
+    """The hours with usage in the window, oldest first, and their sum; ``complete`` is false
+    while metering rebuilds counters that Redis lost (hours and sum may then be too low)."""
 
     of: UsageOf
     id: UUID
@@ -68,3 +69,4 @@ class UsageReport(Contract):
     until: UtcDatetime
     hours: list[HourUsage]
     total: Amounts
+    complete: bool = True

@@ -10,7 +10,8 @@ from compgrid_metering.config import Settings
 from compgrid_metering.entrypoints.consumers import register_consumers
 from compgrid_metering.entrypoints.rpc import register_routes
 from compgrid_metering.use_cases.deps import Deps
-from compgrid_metering.use_cases.rollups import check_intact, roll_up_forever
+from compgrid_metering.use_cases.recovery import check_intact
+from compgrid_metering.use_cases.rounds import roll_up_forever
 from compgrid_runtime.app import ServiceApp
 
 
@@ -29,8 +30,8 @@ def build(settings: Settings) -> tuple[ServiceApp, Deps]:
     register_consumers(app.consumers, deps)
     register_routes(app.rpc, deps)
 
-    async def roll_up(_: ServiceApp) -> None:
-        await roll_up_forever(deps)
+    async def roll_up(running: ServiceApp) -> None:
+        await roll_up_forever(deps, running.nc)
 
     async def intact(_: ServiceApp) -> None:
         await check_intact(deps)

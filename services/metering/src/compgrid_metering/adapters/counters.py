@@ -17,7 +17,8 @@ Keys (``P`` is the configured prefix; hours are UTC epoch seconds):
 * ``P:idle:<instance>`` — its current idle stretch (since, until, CPU used and available);
   ``P:idlers`` — the instances in one;
 * ``P:intact`` — present while the counters are known complete; gone with a loss of Redis's
-  data, until a rebuild (rollups wait for it, so they never publish a loss as a correction).
+  data, until a rebuild (rollups wait for it, so they never publish a loss as a correction);
+* ``P:rebuilding`` — the token of the one process rebuilding them (``rebuild_lock.py``).
 
 The script names its keys in its arguments, so it needs a single Redis (not a cluster).
 """

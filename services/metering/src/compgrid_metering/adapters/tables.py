@@ -1,6 +1,6 @@
 """Tables of the metering service, all in its own ``metering`` schema."""
 
-from sqlalchemy import BigInteger, Column, DateTime, Integer, Table, Uuid, func, text
+from sqlalchemy import BigInteger, Column, DateTime, Integer, Table, Text, Uuid, func, text
 from sqlalchemy.dialects.postgresql import JSONB
 
 from compgrid_runtime.db import make_metadata
@@ -22,4 +22,15 @@ rollup = Table(
     Column("cpu_ns", BigInteger, nullable=False),
     Column("gpu_us", JSONB, nullable=False, server_default=text("'{}'::jsonb")),
     Column("updated_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+)
+
+# The Redis counters of one key prefix, known to exist since ``started_at``: a prefix recorded
+# here whose marker is missing from Redis means Redis lost the counters (not a new deployment).
+counter_set = Table(
+    "counter_set",
+    metadata,
+    Column("redis_prefix", Text, primary_key=True),
+    Column("started_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    Column("rebuilds", Integer, nullable=False, server_default=text("0")),
+    Column("rebuilt_at", DateTime(timezone=True)),
 )

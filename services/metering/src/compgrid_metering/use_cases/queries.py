@@ -1,8 +1,9 @@
 """Live usage for the gateway: an instance's, project's or budget code's hours and their sum.
 
 Hours come from the Redis counters (the live source, current hour included) and, for hours
-Redis no longer holds, from the closed rollups in Postgres. Who may ask: the project's members,
-admins and finance; to anyone else the owner does not exist.
+Redis no longer holds, from the closed rollups in Postgres. After Redis lost its data and until
+the counters are rebuilt, an answer says ``complete: false``: its open hours may be missing.
+Who may ask: the project's members, admins and finance; to anyone else the owner does not exist.
 """
 
 from __future__ import annotations
@@ -89,6 +90,7 @@ async def usage_report(deps: Deps, caller: Caller, body: UsageQuery) -> UsageRep
     else:
         require_project_reader(principal, principal.project_role(project))
     first = hour_of(since)
+    complete = await deps.counters.intact()  # asked first: a loss meanwhile makes it False
     live = await deps.counters.by_hour(_KIND[body.of], body.id, first, until)
     closed = await _closed_hours(deps, body, first, until)
     latest_closed = hour_of(now - timedelta(seconds=deps.settings.rollup_lateness_s)) - HOUR
@@ -108,4 +110,5 @@ async def usage_report(deps: Deps, caller: Caller, body: UsageQuery) -> UsageRep
         until=until,
         hours=hours,
         total=amounts(total),
+        complete=complete,
     )

@@ -11,7 +11,6 @@ time do it.
 
 from __future__ import annotations
 
-import asyncio
 from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
@@ -126,19 +125,6 @@ async def close_hours(deps: Deps, now: datetime | None = None) -> int:
     return written
 
 
-async def roll_up_forever(deps: Deps) -> None:
-    """Close hours every ``rollup_interval_s`` until cancelled."""
-    while True:
-        try:
-            written = await close_hours(deps)
-            if written:
-                log.info("hours rolled up", rows=written)
-            await report_idle(deps)
-        except Exception as exc:  # a round that failed is tried again next time
-            log.warning("rollup round failed", error=repr(exc))
-        await asyncio.sleep(deps.settings.rollup_interval_s)
-
-
 async def report_idle(deps: Deps) -> int:
     """Publish ``InstanceIdle`` for each idle stretch that lasted ``idle_after_s``: at least
     once (a crash between publishing and marking it reported repeats it), one process at a
@@ -173,18 +159,3 @@ async def report_idle(deps: Deps) -> int:
     for stretch in due:
         await deps.counters.mark_reported(stretch.instance_id)
     return len(due)
-
-
-async def check_intact(deps: Deps) -> None:
-    """At start: a deployment that never rolled anything up starts with complete counters;
-    otherwise missing counters mean Redis lost data, and rollups wait for a rebuild."""
-    if await deps.counters.intact():
-        return
-    async with deps.uow() as uow:
-        any_rollup = await uow.session.scalar(select(rollup.c.instance_id).limit(1))
-    if any_rollup is None:
-        await deps.counters.mark_intact()
-    else:
-        log.error(
-            "Redis has lost the usage counters: run `compgrid-metering rebuild --since <time>`"
-        )
