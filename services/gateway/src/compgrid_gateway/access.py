@@ -114,7 +114,7 @@ def refusal(request: Request) -> DomainError | None:
     if not isinstance(route, APIRoute):
         return None
     operation = (request.method.lower(), _template(request, route.path_format))
-    if operation in PUBLIC_OPERATIONS:
+    if operation in PUBLIC_OPERATIONS or not operation[1].startswith(API):
         return None
     token = bearer(request.headers.get("authorization"))
     if token is None:
