@@ -48,8 +48,8 @@ BILLING_TABLES = ", ".join(
     f"billing.{name}"
     for name in (
         "delivery_attempt", "delivery", "invoice_line", "invoice", "billing_run", "webhook",
-        "charge", "usage", "instance", "budget_notice", "budget", "project", "account",
-        "price_rate", "parked", "inbox",
+        "charge", "usage", "instance_run", "instance", "budget_notice", "budget", "project",
+        "account", "price_rate", "parked", "inbox",
     )
 )  # fmt: skip
 EPOCH = datetime(2020, 1, 1, tzinfo=UTC)

@@ -13,7 +13,9 @@ from compgrid_events.base import Contract, Money, UtcDatetime
 from compgrid_events.billing import BudgetState
 
 INVOICE_ISSUED = "invoice.issued"
-WEBHOOK_EVENT_TYPES = (INVOICE_ISSUED,)
+BUDGET_THRESHOLD_CROSSED = "budget.threshold_crossed"
+BUDGET_EXHAUSTED = "budget.exhausted"
+WEBHOOK_EVENT_TYPES = (INVOICE_ISSUED, BUDGET_THRESHOLD_CROSSED, BUDGET_EXHAUSTED)
 
 
 class CostsOf(StrEnum):
@@ -74,6 +76,28 @@ class CostsReport(Contract):
     total: Decimal
     resources: list[ResourceCost]
     days: list[DayCost]
+
+
+class InstanceCostsQuery(Contract):
+    """What one instance has cost so far."""
+
+    instance_id: UUID
+
+
+class InstanceCosts(Contract):
+    """What an instance has cost: its charges priced so far (every hour, the same ledger
+    ``/costs`` sums), and an estimate for the running time in hours not priced yet (metering
+    closes an hour some minutes after it ends) at the instance's hourly price."""
+
+    instance_id: UUID
+    project_id: UUID
+    currency: str
+    hourly_price: Money
+    charged: Decimal = Field(description="priced charges, unrounded (six decimals)")
+    resources: list[ResourceCost]
+    unrated_running_seconds: Decimal = Field(description="running time in hours not priced yet")
+    estimated_unrated: Decimal = Field(description="that time at the hourly price")
+    estimated_total: Decimal = Field(description="charged plus estimated_unrated")
 
 
 class BudgetsQuery(Contract):
@@ -231,7 +255,8 @@ class RunList(Contract):
 
 
 class DeliveriesQuery(Contract):
-    """Deliveries of one invoice, or (admins and finance) every delivery in a state."""
+    """Deliveries of one invoice, or (admins and finance) every delivery (invoices and budget
+    events) in a state."""
 
     invoice_id: UUID | None = None
     state: str | None = Field(default=None, pattern=r"^(pending|delivered|failed)$")
@@ -250,11 +275,13 @@ class AttemptPublic(Contract):
 
 
 class DeliveryPublic(Contract):
-    """One invoice to one recipient over one channel, with every attempt."""
+    """One message (an invoice, or a budget event by webhook) to one recipient over one
+    channel, with every attempt."""
 
     delivery_id: UUID
-    invoice_id: UUID
-    invoice_number: str
+    event_type: str = Field(description="what is delivered: one of the webhook event types")
+    invoice_id: UUID | None = Field(description="the invoice delivered (none for budget events)")
+    invoice_number: str | None
     channel: str
     recipient: str
     message_id: str

@@ -26,6 +26,13 @@ class Settings(ServiceSettings):
         "(the inventory's setting of the same name; a new request says what it held)",
     )
     usage_batch_size: int = Field(default=512, ge=1, le=4096)
+    projection_wait_s: float = Field(
+        default=3.0,
+        ge=0,
+        le=30,
+        description="an instance billing has not heard of yet is waited for this long before "
+        "it is called unknown (the inventory's events arrive a moment after it answered)",
+    )
     rating_interval_s: float = Field(
         default=60.0, gt=0, description="how often parked usage is tried again"
     )

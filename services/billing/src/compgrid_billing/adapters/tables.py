@@ -135,6 +135,16 @@ instance = Table(
     Column("requested_by", Uuid, nullable=True),
 )
 
+# When each instance ran, from its lifecycle reports (``stopped_at`` NULL: running now): what
+# the estimate of the hours metering has not closed yet counts.
+instance_run = Table(
+    "instance_run",
+    metadata,
+    Column("instance_id", Uuid, primary_key=True),
+    Column("started_at", DateTime(timezone=True), primary_key=True),
+    Column("stopped_at", DateTime(timezone=True), nullable=True),
+)
+
 # Each instance's usage in each hour: the newest rollup revision metering published.
 usage = Table(
     "usage",
@@ -277,13 +287,17 @@ webhook = Table(
     Column("disabled_at", DateTime(timezone=True), nullable=True),
 )
 
-# One invoice to one recipient (an address or an endpoint) over one channel; retried until it
-# succeeds or ``give_up_at``. A webhook message keeps its ``message_id`` on every attempt.
+# One message to one recipient (an address or an endpoint) over one channel; retried until it
+# succeeds or ``give_up_at``. A webhook message keeps its ``message_id`` on every attempt. An
+# invoice's message is rendered from the invoice at each attempt; any other event's (a budget
+# threshold) is signed from the ``payload`` stored with it.
 delivery = Table(
     "delivery",
     metadata,
     Column("id", Uuid, primary_key=True),
-    Column("invoice_id", Uuid, ForeignKey("invoice.id"), nullable=False, index=True),
+    Column("invoice_id", Uuid, ForeignKey("invoice.id"), nullable=True, index=True),
+    Column("event_type", String(64), nullable=False, server_default="invoice.issued"),
+    Column("payload", Text, nullable=True),
     Column("channel", String(16), nullable=False),
     Column("recipient", String(2000), nullable=False),
     Column("webhook_id", Uuid, ForeignKey("webhook.id"), nullable=True),
@@ -297,6 +311,7 @@ delivery = Table(
     _at(),
     Column("finished_at", DateTime(timezone=True), nullable=True),
     CheckConstraint("channel IN ('email', 'webhook')", name="channel_known"),
+    CheckConstraint("invoice_id IS NOT NULL OR payload IS NOT NULL", name="has_content"),
     Index("ix_delivery_due", "next_attempt_at", postgresql_where=text("state = 'pending'")),
 )
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from functools import partial
 
-from compgrid_billing.use_cases import events, notices
+from compgrid_billing.use_cases import announcements, events, notices
 from compgrid_billing.use_cases.deps import Deps
 from compgrid_events.auth import (
     BudgetCodeCreated,
@@ -38,6 +38,12 @@ NOTICES = ConsumerSpec(
     BILLING,
     "billing.budget.>",
     "billing's own threshold and exhaustion events, mailed to the PI and billing contacts",
+)
+ANNOUNCEMENTS = ConsumerSpec(
+    "announcements",
+    BILLING,
+    "billing.budget.>",
+    "billing's own threshold and exhaustion events, sent to the webhooks subscribed to them",
 )
 
 
@@ -79,6 +85,13 @@ def register_consumers(consumers: Consumers, deps: Deps) -> None:
         {
             BudgetThresholdCrossed: partial(notices.on_threshold, deps),
             BudgetExhausted: partial(notices.on_exhausted, deps),
+        },
+    )
+    consumers.add(
+        ANNOUNCEMENTS,
+        {
+            BudgetThresholdCrossed: partial(announcements.on_threshold, deps),
+            BudgetExhausted: partial(announcements.on_exhausted, deps),
         },
     )
     # Not transactional through the inbox: storing a newer revision and rating are idempotent,

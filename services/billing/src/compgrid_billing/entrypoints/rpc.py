@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from functools import partial
 
-from compgrid_billing.use_cases import commands, queries, stats
+from compgrid_billing.use_cases import commands, instance_costs, queries, stats
 from compgrid_billing.use_cases.deps import Deps
 from compgrid_events import billing_api as api
 from compgrid_runtime.rpc import RpcServer
@@ -14,6 +14,7 @@ def register_routes(rpc: RpcServer, deps: Deps) -> None:
     """Bind every operation to its use case with the service's ports."""
     for operation, use_case, body in (
         ("costs.get", queries.costs, api.CostsQuery),
+        ("instances.costs", instance_costs.get_instance_costs, api.InstanceCostsQuery),
         ("budgets.list", queries.list_budgets, api.BudgetsQuery),
         ("budgets.get", queries.get_budget, api.BudgetRef),
         ("invoices.list", queries.list_invoices, api.InvoicesQuery),

@@ -1,4 +1,5 @@
-"""Delivering invoices: email with the PDF and CSV attached, and signed webhooks.
+"""Delivering invoices (email with the PDF and CSV attached, and signed webhooks) and budget
+events (signed webhooks, see ``announcements``).
 
 Deliveries are rows, queued in the transaction that issued the invoice (or by a re-send).
 Every ``delivery_interval_s`` a process claims the due ones (``SKIP LOCKED``, pushing their
@@ -6,7 +7,7 @@ next attempt past the time a send can take, so a process killed mid-send leaves 
 claimed again), sends each, and records the attempt. A failed attempt is retried with
 exponential backoff until ``give_up_at`` (27 hours by default); a webhook keeps its
 ``webhook-id`` on every attempt, so a receiver that was down gets each invoice once it is back
-and can tell repeats apart. A mail server's permanent refusal (5xx) is final at once. The
+and can tell repeats apart. A mail server's permanent refusal (5xx) is final at once. An invoice's
 outcome — delivered, or failed for good — is published as ``InvoiceDelivered``.
 """
 
@@ -182,8 +183,8 @@ async def _send_mail(
     return done(True, "accepted by the mail server", False, 250)
 
 
-async def _send_webhook(deps: Deps, doc: InvoiceDocument, row: Any, secret: str) -> Outcome:
-    body = payload(doc, doc.issued_at)
+async def _send_webhook(deps: Deps, doc: InvoiceDocument | None, row: Any, secret: str) -> Outcome:
+    body = row.payload.encode() if doc is None else payload(doc, doc.issued_at)
     return await deps.webhooks.post(row.recipient, secret, row.message_id, body)
 
 
@@ -225,7 +226,8 @@ async def deliver_due(deps: Deps, now: datetime | None = None) -> int:
     if not rows:
         return 0
     async with deps.uow() as uow:
-        docs = {i: await load_document(uow.session, i) for i in {r.invoice_id for r in rows}}
+        invoices = {r.invoice_id for r in rows if r.invoice_id is not None}
+        docs = {i: await load_document(uow.session, i) for i in invoices}
         secrets = {
             h.id: h.secret
             for h in await uow.session.execute(
@@ -245,8 +247,8 @@ async def deliver_due(deps: Deps, now: datetime | None = None) -> int:
     }
 
     async def attempt(row: Any) -> tuple[Any, Outcome]:
-        doc = docs[row.invoice_id]
-        if row.channel == "email":
+        doc = docs.get(row.invoice_id)
+        if row.channel == "email" and doc is not None:
             return row, await _send_mail(deps, doc, row.recipient, files[row.invoice_id])
         secret = secrets.get(row.webhook_id)
         if secret is None:
@@ -284,7 +286,14 @@ async def _record(deps: Deps, uow: Any, row: Any, outcome: Outcome) -> None:
     else:
         values["next_attempt_at"] = next_at
     await uow.session.execute(update(delivery).where(delivery.c.id == row.id).values(**values))
-    if "state" in values:
+    if "state" in values and row.invoice_id is None:
+        log.info(
+            "webhook delivery finished" if outcome.delivered else "webhook delivery failed",
+            type=row.event_type,
+            attempts=attempts,
+            detail=outcome.detail,
+        )
+    elif "state" in values:
         uow.emit(
             InvoiceDelivered(
                 invoice_id=row.invoice_id,

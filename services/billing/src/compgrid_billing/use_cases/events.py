@@ -11,11 +11,19 @@ from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import func, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 
 from compgrid_billing.adapters.locks import lock_ledger
-from compgrid_billing.adapters.tables import account, budget, instance, price_rate, project, usage
+from compgrid_billing.adapters.tables import (
+    account,
+    budget,
+    instance,
+    instance_run,
+    price_rate,
+    project,
+    usage,
+)
 from compgrid_billing.use_cases import budgets, rating
 from compgrid_billing.use_cases.deps import Deps
 from compgrid_events.auth import (
@@ -155,6 +163,7 @@ async def _follow(deps: Deps, uow: UnitOfWork, event: Any, state: InstanceState)
     values: dict[str, Any] = _disk_life(row, state, event.occurred_at)
     if row.version < event.version:
         values |= {"state": state.value, "version": event.version}
+        await _run_life(uow, row, state, event.occurred_at)
         if state in RELEASED:
             values["hold_active"] = False
         elif state is InstanceState.STARTING and not row.hold_active:
@@ -174,6 +183,23 @@ async def _follow(deps: Deps, uow: UnitOfWork, event: Any, state: InstanceState)
     elif values.get("hold_active", row.hold_active) == row.hold_active:
         return  # neither charges nor holds changed
     await budgets.refresh(uow, deps.settings, [row.budget_code_id])
+
+
+async def _run_life(uow: UnitOfWork, row: Any, state: InstanceState, at: datetime) -> None:
+    """Keep when the instance ran: a run opens when it is running, closes when it leaves."""
+    running = InstanceState.RUNNING.value
+    if state.value == running and row.state != running:
+        await uow.session.execute(
+            pg_insert(instance_run)
+            .values(instance_id=row.id, started_at=at)
+            .on_conflict_do_nothing()
+        )
+    elif state.value != running and row.state == running:
+        await uow.session.execute(
+            update(instance_run)
+            .where(instance_run.c.instance_id == row.id, instance_run.c.stopped_at.is_(None))
+            .values(stopped_at=func.greatest(instance_run.c.started_at, at))
+        )
 
 
 def _disk_life(row: Any, state: InstanceState, at: datetime) -> dict[str, datetime]:

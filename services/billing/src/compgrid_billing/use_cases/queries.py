@@ -131,45 +131,34 @@ def _missing(body: api.CostsQuery) -> str:
     return f"no such {body.of.value.replace('_', ' ')}"
 
 
-async def costs(deps: Deps, caller: Caller, body: api.CostsQuery) -> api.CostsReport:
-    """Charges over a window: total, per resource and per UTC day."""
-    principal = caller.require()
-    async with deps.uow() as uow:
-        project_id, requester = await _owner(uow.session, body)
-        # whoever requested an instance (and is still in its project) sees what it cost
-        own = requester == principal.user_id and principal.project_role(project_id) is not None
-        if not own:
-            require_money_reader(principal, project_id, _missing(body))
-        where = (
-            _COLUMN[body.of] == body.id,
-            charge.c.hour_start >= body.since,
-            charge.c.hour_start < body.until,
+def require_cost_reader(
+    principal: Principal, project_id: UUID, requester: UUID | None, missing: str
+) -> None:
+    """Refuse unless the caller reads the project's money, or requested the instance (and is
+    still in its project)."""
+    own = requester == principal.user_id and principal.project_role(project_id) is not None
+    if not own:
+        require_money_reader(principal, project_id, missing)
+
+
+async def ledger_sums(session: Any, *where: Any) -> tuple[str | None, Decimal, list[Any]]:
+    """The currency, total and per-resource costs of the ledger entries ``where`` selects."""
+    sums = (
+        await session.execute(
+            select(
+                func.min(charge.c.currency),
+                func.coalesce(func.sum(charge.c.vcpu_s), 0),
+                func.coalesce(func.sum(charge.c.vcpu_scaled), 0),
+                func.coalesce(func.sum(charge.c.memory_gib_s), 0),
+                func.coalesce(func.sum(charge.c.memory_scaled), 0),
+                func.coalesce(func.sum(charge.c.storage_gib_s), 0),
+                func.coalesce(func.sum(charge.c.storage_scaled), 0),
+                func.billing.map_sum(charge.c.gpu_s),
+                func.billing.map_sum(charge.c.gpu_scaled),
+                func.coalesce(func.sum(charge.c.total_scaled), 0),
+            ).where(*where)
         )
-        sums = (
-            await uow.session.execute(
-                select(
-                    func.min(charge.c.currency),
-                    func.coalesce(func.sum(charge.c.vcpu_s), 0),
-                    func.coalesce(func.sum(charge.c.vcpu_scaled), 0),
-                    func.coalesce(func.sum(charge.c.memory_gib_s), 0),
-                    func.coalesce(func.sum(charge.c.memory_scaled), 0),
-                    func.coalesce(func.sum(charge.c.storage_gib_s), 0),
-                    func.coalesce(func.sum(charge.c.storage_scaled), 0),
-                    func.billing.map_sum(charge.c.gpu_s),
-                    func.billing.map_sum(charge.c.gpu_scaled),
-                    func.coalesce(func.sum(charge.c.total_scaled), 0),
-                ).where(*where)
-            )
-        ).one()
-        day = cast(func.timezone("UTC", charge.c.hour_start), Date)
-        days = (
-            await uow.session.execute(
-                select(day, func.sum(charge.c.total_scaled))
-                .where(*where)
-                .group_by(day)
-                .order_by(day)
-            )
-        ).all()
+    ).one()
     currency, vq, va, mq, ma, sq, sa, gq, ga, total = sums
     resources = [
         api.ResourceCost(
@@ -191,6 +180,30 @@ async def costs(deps: Deps, caller: Caller, body: api.CostsQuery) -> api.CostsRe
                 amount=ledger_money(Decimal(str((ga or {}).get(model, 0)))),
             )
         )
+    return currency, ledger_money(total), resources
+
+
+async def costs(deps: Deps, caller: Caller, body: api.CostsQuery) -> api.CostsReport:
+    """Charges over a window: total, per resource and per UTC day."""
+    principal = caller.require()
+    async with deps.uow() as uow:
+        project_id, requester = await _owner(uow.session, body)
+        require_cost_reader(principal, project_id, requester, _missing(body))
+        where = (
+            _COLUMN[body.of] == body.id,
+            charge.c.hour_start >= body.since,
+            charge.c.hour_start < body.until,
+        )
+        currency, total, resources = await ledger_sums(uow.session, *where)
+        day = cast(func.timezone("UTC", charge.c.hour_start), Date)
+        days = (
+            await uow.session.execute(
+                select(day, func.sum(charge.c.total_scaled))
+                .where(*where)
+                .group_by(day)
+                .order_by(day)
+            )
+        ).all()
     return api.CostsReport(
         of=body.of,
         id=body.id,
@@ -198,7 +211,7 @@ async def costs(deps: Deps, caller: Caller, body: api.CostsQuery) -> api.CostsRe
         since=body.since,
         until=body.until,
         currency=currency,
-        total=ledger_money(total),
+        total=total,
         resources=resources,
         days=[api.DayCost(day=d, amount=ledger_money(a)) for d, a in days],
     )
@@ -429,7 +442,7 @@ async def list_deliveries(
     principal = caller.require()
     query = (
         select(delivery, invoice.c.number, invoice.c.project_id)
-        .join(invoice, invoice.c.id == delivery.c.invoice_id)
+        .outerjoin(invoice, invoice.c.id == delivery.c.invoice_id)
         .order_by(delivery.c.created_at.desc(), delivery.c.id)
         .limit(body.limit)
     )

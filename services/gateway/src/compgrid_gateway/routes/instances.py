@@ -4,8 +4,7 @@ it is now and its ``Location``; the change itself arrives as events (see ``/even
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
-from decimal import Decimal
+from datetime import datetime
 from typing import Annotated, Any
 from uuid import UUID
 
@@ -14,7 +13,6 @@ from starlette.responses import Response, StreamingResponse
 
 from compgrid_events import billing_api, metering_api
 from compgrid_events import inventory_api as api
-from compgrid_events.base import Contract, Money
 from compgrid_events.inventory import InstanceState
 from compgrid_gateway import live
 from compgrid_gateway.backend import CtxDep
@@ -27,28 +25,12 @@ from compgrid_gateway.routes.common import (
     problems,
     without,
 )
-from compgrid_runtime.rpc import RemoteError
 
 router = APIRouter(tags=["instances"], responses=problems())
 
 Decision = without(api.Decide, "instance_id", name="Decision")
 Denial = without(api.Deny, "instance_id", name="Denial")
 Lease = without(api.SetLease, "instance_id", name="Lease")
-
-
-class InstanceCosts(Contract):
-    """What an instance has cost: charges already priced by billing (closed hours), and an
-    estimate for the hours not closed yet (their running time at the instance's hourly price).
-    """
-
-    instance_id: UUID
-    currency: str
-    hourly_price: Money
-    charged: Decimal
-    resources: list[billing_api.ResourceCost]
-    unrated_running_seconds: Decimal
-    estimated_unrated: Decimal
-    estimated_total: Decimal
 
 
 def _at(request: Request, instance: dict[str, Any]) -> Response:
@@ -191,63 +173,12 @@ async def instance_usage(
     return json_response(await ctx.relay("metering", "usage.get", query))
 
 
-async def _or_none(call: Any) -> Any:
-    try:
-        return await call
-    except RemoteError as exc:
-        if exc.status == 404:
-            return None
-        raise
-
-
-@router.get("/instances/{instance_id}/costs", response_model=InstanceCosts)
+@router.get("/instances/{instance_id}/costs", response_model=billing_api.InstanceCosts)
 async def instance_costs(ctx: CtxDep, instance_id: UUID) -> Response:
-    """What the instance has cost so far: priced charges plus an estimate for open hours."""
-    instance = await ctx.ask("inventory", "instances.get", {"instance_id": str(instance_id)})
-    now = datetime.now(UTC)
-    until = now.replace(minute=0, second=0, microsecond=0) + timedelta(hours=1)
-    since = max(datetime.fromisoformat(instance["created_at"]), until - timedelta(days=399))
-    # The inventory showed the instance to the caller; billing and metering learn of it from
-    # events, so for a moment they may not know it yet: nothing charged, nothing metered.
-    costs = await _or_none(
-        ctx.ask(
-            "billing",
-            "costs.get",
-            {"of": "instance", "id": str(instance_id), "since": since, "until": until},
-        )
-    )
-    usage = await _or_none(
-        ctx.ask(
-            "metering",
-            "usage.get",
-            {
-                "of": "instance",
-                "id": str(instance_id),
-                "since": now - timedelta(hours=6),
-                "until": until,
-            },
-        )
-    )
-    costs = costs or {"currency": None, "total": "0", "resources": []}
-    usage = usage or {"hours": []}
-    open_seconds = sum(
-        (Decimal(str(h["running_seconds"])) for h in usage["hours"] if not h["closed"]),
-        Decimal(0),
-    )
-    price = instance["hourly_price"]
-    estimate = (open_seconds * Decimal(str(price["amount"])) / 3600).quantize(Decimal("0.000001"))
-    charged = Decimal(str(costs["total"]))
-    answer = InstanceCosts(
-        instance_id=instance_id,
-        currency=costs["currency"] or price["currency"],
-        hourly_price=Money.model_validate(price),
-        charged=charged,
-        resources=costs["resources"],
-        unrated_running_seconds=open_seconds,
-        estimated_unrated=estimate,
-        estimated_total=charged + estimate,
-    )
-    return json_response(answer.model_dump(mode="json"))
+    """What the instance has cost so far: its priced charges (the sums ``/costs`` answers) and
+    billing's estimate for the running time in hours not priced yet."""
+    payload = {"instance_id": str(instance_id)}
+    return json_response(await ctx.relay("billing", "instances.costs", payload))
 
 
 @router.get(
