@@ -41,9 +41,10 @@ TEST_POOLS = {
     "COMPGRID_INVENTORY_DB_POOL_SIZE": "3",
     "COMPGRID_METERING_DB_POOL_SIZE": "2",
     "COMPGRID_BILLING_DB_POOL_SIZE": "3",
-    # a provisioner command may hold two connections: 2 x 2 + 1
-    "COMPGRID_PROVISIONER_COMMAND_CONCURRENCY": "2",
-    "COMPGRID_PROVISIONER_DB_POOL_SIZE": "5",
+    # a provisioner command may hold two connections: 2 x 4 + 1 (with 2 at once, the 200
+    # instances of test_scale took 110 s of their 120 s on a loaded machine; 4 took 24 s)
+    "COMPGRID_PROVISIONER_COMMAND_CONCURRENCY": "4",
+    "COMPGRID_PROVISIONER_DB_POOL_SIZE": "9",
 }
 """Connection pools of the service processes a test run starts (a variable already set wins)."""
 
