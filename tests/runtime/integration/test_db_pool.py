@@ -12,7 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from compgrid_metering.bootstrap import build
 from compgrid_metering.config import Settings
-from compgrid_runtime.db import create_engine
+from compgrid_runtime.db import DatabaseUnavailable, create_engine
 from tests.harness.servers import Servers
 from tests.runtime.integration.waiting import wait_until
 
@@ -80,3 +80,16 @@ async def test_a_service_opens_no_more_connections_than_its_pool_setting(
     assert len(held) == 6
     assert len({pid for pid, _ in held}) == 3
     assert {name for _, name in held} == {"compgrid-metering"}
+
+
+async def test_no_connection_free_in_time_is_database_unavailable(real: Servers) -> None:
+    engine = create_engine(real.database_url, pool_size=1, pool_timeout_s=0.2)
+    try:
+        async with engine.connect():
+            with pytest.raises(DatabaseUnavailable) as caught:
+                async with engine.connect():
+                    pass
+        assert caught.value.status == 503
+        assert await _backend(engine)  # the connection is free again
+    finally:
+        await engine.dispose()

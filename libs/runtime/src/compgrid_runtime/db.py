@@ -5,7 +5,8 @@ constraint names are stable across migrations and no table ever lands in another
 
 A server that refuses connections (too many clients, starting up or shutting down, nothing
 listening) is not a bug of the request that needed one: opening a connection then raises
-:class:`DatabaseUnavailable`, which request/reply answers as 503 ``database_unavailable``,
+:class:`DatabaseUnavailable`, as does waiting longer than ``pool_timeout_s`` for one of the
+process's own connections to come free. Request/reply answers it as 503 ``database_unavailable``,
 consumers retry with backoff and background jobs try again next round. The pool says so in
 one log line when the refusals start and one when connections succeed again, not once per
 request.
@@ -20,7 +21,9 @@ import asyncpg
 from sqlalchemy import MetaData, event, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DisconnectionError
+from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
+from sqlalchemy.pool import AsyncAdaptedQueuePool, ConnectionPoolEntry
 
 from compgrid_runtime.errors import DomainError
 from compgrid_runtime.logs import get_logger
@@ -58,7 +61,11 @@ class DatabaseUnavailable(DomainError):
 
 
 def create_engine(
-    database_url: str, *, pool_size: int = 10, application_name: str | None = None
+    database_url: str,
+    *,
+    pool_size: int = 10,
+    application_name: str | None = None,
+    pool_timeout_s: float = 30.0,
 ) -> AsyncEngine:
     """Return an asyncpg engine (``postgresql://`` URLs are accepted and upgraded).
 
@@ -75,7 +82,12 @@ def create_engine(
     url = make_url(database_url.replace("postgresql://", "postgresql+asyncpg://", 1))
     connector = _Connector(url.get_dialect()().create_connect_args(url)[1], application_name)
     engine = create_async_engine(
-        url, pool_size=pool_size, max_overflow=0, async_creator=connector.connect
+        url,
+        poolclass=_Pool,
+        pool_size=pool_size,
+        max_overflow=0,
+        pool_timeout=pool_timeout_s,
+        async_creator=connector.connect,
     )
     event.listen(engine.sync_engine, "checkout", _replace_closed)
     return engine
@@ -110,6 +122,16 @@ class _Connector:
             self._refusing = False
             log.warning("database accepts connections again")
         return connection
+
+
+class _Pool(AsyncAdaptedQueuePool):
+    """The fixed pool; no connection free in time is DatabaseUnavailable, not a 500."""
+
+    def _do_get(self) -> ConnectionPoolEntry:
+        try:
+            return super()._do_get()
+        except PoolTimeoutError as exc:
+            raise DatabaseUnavailable("every database connection of the process is busy") from exc
 
 
 def _replace_closed(dbapi_connection: Any, _record: Any, _proxy: Any) -> None:
