@@ -81,6 +81,7 @@ async def stack(
         "COMPGRID_REDIS_URL": real.redis_url,
         "COMPGRID_GATEWAY_API_PORT": str(free_port()),
         "COMPGRID_PROVISIONER_TICK_INTERVAL_S": "2",  # usage shows up within seconds
+        "COMPGRID_PROVISIONER_HEARTBEAT_INTERVAL_S": "1",  # workers seen within a second
         # Redis keys of this platform only (login throttling, idempotency records)
         "COMPGRID_AUTH_REDIS_PREFIX": f"{real.redis_prefix}gw:auth:",
         "COMPGRID_METERING_REDIS_PREFIX": f"{real.redis_prefix}gw:metering:",
@@ -92,7 +93,9 @@ async def stack(
     env.pop("COMPGRID_NATS_URL", None)  # NATS from the wheel, one user per service
     launcher, base_url = start_platform(state, env)
     try:
-        yield Stack(base_url, state, database_url, state / "platform.log")
+        stack = Stack(base_url, state, database_url, state / "platform.log")
+        wait_for(lambda: live_workers(stack, "demo-dc"), 120)  # placement needs one
+        yield stack
     finally:
         stop_platform(launcher)
         await drop_database(_servers[1], f"{name}_gw")
@@ -103,6 +106,14 @@ async def client(stack: Stack) -> AsyncIterator[httpx.AsyncClient]:
     """An HTTP client on the API root."""
     async with httpx.AsyncClient(base_url=stack.api, timeout=30) as http:
         yield http
+
+
+def live_workers(stack: Stack, datacenter: str) -> list[dict[str, Any]]:
+    """The live provisioner workers ``GET /datacenters`` shows for one datacenter."""
+    reply = httpx.get(f"{stack.api}/datacenters", headers=stack.headers("admin"), timeout=30)
+    assert reply.status_code == 200, reply.text
+    found = [dc for dc in reply.json() if dc["name"] == datacenter]
+    return [w for dc in found for w in dc["workers"] if w["live"]]
 
 
 def wait_for(predicate: Any, timeout_s: float = 60.0, interval_s: float = 0.25) -> Any:

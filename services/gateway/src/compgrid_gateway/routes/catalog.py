@@ -33,7 +33,8 @@ DatacenterName = Annotated[str, Path(pattern=r"^[A-Za-z0-9_-]{1,64}$")]
 
 @router.get("/datacenters", tags=["datacenters"], response_model=list[api.DatacenterPublic])
 async def list_datacenters(ctx: CtxDep) -> Response:
-    """Every datacenter with its number of hosts."""
+    """Every datacenter with its number of hosts and its provisioner workers (when each was
+    last heard from; a datacenter without a live worker takes no new instances)."""
     return json_response(await ctx.relay("inventory", "datacenters.list"))
 
 
