@@ -31,7 +31,8 @@ async def engine(real: Servers) -> AsyncIterator[AsyncEngine]:
 
 
 async def datacenter(engine: AsyncEngine, **hosts: dict[str, Any]) -> tuple[str, dict[str, Any]]:
-    """Create a datacenter with hosts {name: columns}; return its name and {name: host id}."""
+    """Create a datacenter with hosts {name: columns} and a live provisioner worker (placement
+    uses no other); return its name and {name: host id}."""
     name = f"dc-{uuid.uuid4().hex[:8]}"
     dc_id = uuid.uuid4()
     ids: dict[str, Any] = {}
@@ -39,6 +40,13 @@ async def datacenter(engine: AsyncEngine, **hosts: dict[str, Any]) -> tuple[str,
         await conn.execute(
             text("INSERT INTO inventory.datacenter (id, name) VALUES (:id, :name)"),
             {"id": dc_id, "name": name},
+        )
+        await conn.execute(
+            text(
+                "INSERT INTO inventory.worker (id, datacenter, hostname, pid, started_at,"
+                " last_seen_at, interval_s) VALUES (:id, :name, 'test', 0, now(), now(), 3600)"
+            ),
+            {"id": f"worker-{name}", "name": name},
         )
         for host_name, columns in hosts.items():
             values = {
