@@ -316,7 +316,9 @@ async def test_instance_costs_price_what_ran(client: httpx.AsyncClient, stack: S
     assert Decimal(costs["estimated_unrated"]) == expected
     assert Decimal(costs["charged"]) == 0  # no hour has closed yet
     assert Decimal(costs["estimated_total"]) == expected
-    usage = (await client.get(f"/instances/{made['id']}/usage", headers=headers)).json()
+    metered = await client.get(f"/instances/{made['id']}/usage", headers=headers)
+    assert metered.status_code == 200, metered.text
+    usage = metered.json()
     # billing counts from the running report, metering from its samples (every 2 s here)
     assert abs(Decimal(usage["total"]["running_seconds"]) - seconds) < 10
     since = (datetime.now(UTC) - timedelta(days=1)).isoformat()
