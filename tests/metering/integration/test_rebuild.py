@@ -22,6 +22,7 @@ from compgrid_metering.adapters.counter_sets import get_counter_set
 from compgrid_metering.adapters.counters import Counters
 from compgrid_metering.use_cases.deps import Deps
 from compgrid_metering.use_cases.rebuild import rebuild
+from compgrid_metering.use_cases.rollups import close_hours
 from compgrid_runtime.embedded import EmbeddedNats
 from compgrid_runtime.errors import Conflict, Invalid
 from compgrid_runtime.rpc import call
@@ -53,6 +54,24 @@ async def _rebuilds(deps: Deps) -> int:
         found = await get_counter_set(uow.session, prefix=deps.settings.redis_prefix)
     assert found is not None, "metering remembered its counters at start"
     return found.rebuilds
+
+
+async def _partial_rollup_left_behind(
+    real: Servers, datacenter: Datacenter, prefix: str
+) -> uuid.UUID:
+    """An instance whose hour was rolled up after one of its two ticks; return its id."""
+    instance, project, budget = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
+    settings = {"rollup_interval_s": 3600, "rollup_lateness_s": 10**6}
+    async with running_metering(real, prefix, **settings) as (_, deps):
+        for n in range(2):
+            one = sample(instance, hours_ago(2), 30, project_id=project, budget_code_id=budget)
+            await datacenter.send(datacenter.tick("h1", [one]))
+            await wait_drained(datacenter.nc)
+            if n == 0:  # one round, between the two ticks
+                deps.settings.rollup_lateness_s = 0
+                await close_hours(deps)
+                deps.settings.rollup_lateness_s = 10**6
+    return instance
 
 
 async def test_counters_lost_mid_run_are_rebuilt_to_the_same_totals_without_false_corrections(
@@ -99,6 +118,9 @@ async def test_counters_lost_mid_run_are_rebuilt_to_the_same_totals_without_fals
     before_loss = minute_ticks(0, 90, h3)  # hours -3 and -2
     after_loss = minute_ticks(0, 5, hours_ago(0))  # the open hour
     settings = {"rollup_interval_s": 0.2, "rollup_lateness_s": 10**6}
+    # as tests before this one may: another deployment closes an hour while its ticks are still
+    # coming in, and stops; the rebuild below counts that hour whole
+    foreign = await _partial_rollup_left_behind(metering_schema, datacenter, f"{prefix}x:")
     async with (
         StreamWatch(datacenter.nc, "METERING", "metering.usage.recorded") as recorded,
         running_metering(metering_schema, prefix, **settings) as (one, deps),
@@ -152,6 +174,9 @@ async def test_counters_lost_mid_run_are_rebuilt_to_the_same_totals_without_fals
         assert not await recorded.matching(
             UsageRecorded, where=lambda e: ours(e) and e.revision > 1
         ), "the rebuilt hours came back unchanged: nothing to correct"
+        assert await recorded.matching(
+            UsageRecorded, where=lambda e: e.instance_id == foreign and e.revision == 2
+        ), "the other deployment's partial hour, counted whole, is rightly corrected"
 
 
 async def test_rebuild_runs_from_the_command_line(

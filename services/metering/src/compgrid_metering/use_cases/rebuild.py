@@ -99,6 +99,8 @@ async def _replay(
     seen = counted = last = 0
     try:
         while last < end:
+            if not await lock.renew():
+                raise Conflict("the rebuild lost its hold: Redis lost its data again meanwhile")
             try:
                 messages = await sub.fetch(batch, timeout=2)
             except (TimeoutError, NatsTimeoutError):
@@ -121,8 +123,6 @@ async def _replay(
                 applied = await deps.counters.apply(ticks, now_ms=int(time.time() * 1000))
                 counted += sum(applied)
                 seen += len(ticks)
-            if not await lock.renew():
-                raise Conflict("the rebuild lost its hold: Redis lost its data again meanwhile")
     finally:
         await sub.unsubscribe()
     return seen, counted
