@@ -46,7 +46,7 @@ async def test_an_instances_costs_are_billings_and_agree_with_costs(
     await _running(client, stack, made["id"])
 
     async def estimated() -> dict[str, Any]:
-        while (costs := await _costs(client, stack, made["id"]))["estimated_unrated"] == "0":
+        while Decimal((costs := await _costs(client, stack, made["id"]))["estimated_unrated"]) == 0:
             await asyncio.sleep(0.5)
         return costs
 
