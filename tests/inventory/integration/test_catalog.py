@@ -226,10 +226,11 @@ async def test_rates_that_start_inside_an_hour_are_refused_and_change_nothing(
         "price_tiers.get", {"price_tier_id": lab.tier_id}, token=lab.admin
     )
     for moment in (this_hour() + timedelta(minutes=30), this_hour() + timedelta(seconds=1)):
-        for operation, body in (
+        bodies: list[tuple[str, dict[str, Any]]] = [
             ("price_tiers.add_rates", {"price_tier_id": lab.tier_id}),
             ("price_tiers.create", {"name": f"half-{tag()}", "currency": "EUR"}),
-        ):
+        ]
+        for operation, body in bodies:
             body |= {"effective_from": moment.isoformat(), "rates": rates("1", "1")}
             error = await inventory.refused(operation, body, token=lab.admin)
             assert (error.status, error.code, error.field) == (
