@@ -14,7 +14,8 @@ doubling with every further attempt up to 15 minutes: one guess at a time, ever 
 While a lock is held nothing is checked and the caller is told when to come back. Because the
 first scope is keyed by address too, an attacker slows down only themselves: the owner signing
 in from another address is not affected. A successful sign-in clears its account-and-address
-scope, takes its attempt back from the address and remembers the address for the account.
+scope, takes its attempt back from the address, no longer counts the address among those
+failing on the account, and remembers it as one the account's owner uses.
 """
 
 from __future__ import annotations
@@ -128,6 +129,7 @@ class LoginThrottle:
             count = self._key("fail", _Scope("addr", address, 0))
             pipe.decr(count)
             pipe.expire(count, WINDOW_S)
+            pipe.srem(self._key("fail", _Scope("acct", email, 0)), address)  # not an attacker
             known = f"{self._prefix}known:{email}"
             pipe.zadd(known, {address: time.time()})
             pipe.zremrangebyrank(known, 0, -KNOWN_MAX - 1)  # keep the newest only
