@@ -217,6 +217,23 @@ BudgetCodeKey = Annotated[
 ]
 """A budget code as people type it: its id or its code (codes are unique)."""
 
+IdOrBudgetCode = Annotated[
+    UUID | BudgetCodeKey,
+    Field(
+        union_mode="left_to_right",
+        description="the instance's or project's id; a budget code's id or its code",
+    ),
+]
+"""Whose usage or costs a query asks for: an instance or project by id, a budget code by id
+or by its code (``of`` says which; see ``only_budget_codes_by_code``)."""
+
+
+def only_budget_codes_by_code(of: str | None, key: UUID | str) -> UUID | str:
+    """Refuse a code for anything but a budget code: instances and projects have only ids."""
+    if of is not None and of != "budget_code" and not isinstance(key, UUID):
+        raise ValueError("instances and projects are named by their id (a UUID)")
+    return key
+
 
 class CreateBudgetCode(Contract):
     """A grant for a project."""

@@ -7,8 +7,9 @@ from decimal import Decimal
 from enum import StrEnum
 from uuid import UUID
 
-from pydantic import Field, model_validator
+from pydantic import Field, ValidationInfo, field_validator, model_validator
 
+from compgrid_events.auth_api import BudgetCodeKey, IdOrBudgetCode, only_budget_codes_by_code
 from compgrid_events.base import Contract, Money, UtcDatetime
 from compgrid_events.billing import BudgetState
 
@@ -44,7 +45,12 @@ class CostsQuery(_Window):
     total, per resource and per day (UTC days, for charts)."""
 
     of: CostsOf
-    id: UUID
+    id: IdOrBudgetCode
+
+    @field_validator("id")
+    @classmethod
+    def _by_code(cls, key: UUID | str, info: ValidationInfo) -> UUID | str:
+        return only_budget_codes_by_code(info.data.get("of"), key)
 
 
 class ResourceCost(Contract):
@@ -108,9 +114,9 @@ class BudgetsQuery(Contract):
 
 
 class BudgetRef(Contract):
-    """One budget code."""
+    """One budget code, by id or code."""
 
-    budget_code_id: UUID
+    budget_code_id: BudgetCodeKey
 
 
 class BudgetPublic(Contract):
@@ -144,7 +150,7 @@ class InvoicesQuery(Contract):
     """Invoices of one project (or every project, for admins and finance), newest first."""
 
     project_id: UUID | None = None
-    budget_code_id: UUID | None = None
+    budget_code_id: BudgetCodeKey | None = None
     after: str | None = Field(
         default=None, max_length=20, description="cursor: the previous page's next_cursor"
     )

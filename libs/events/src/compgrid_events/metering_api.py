@@ -7,8 +7,9 @@ from enum import StrEnum
 from typing import Annotated
 from uuid import UUID
 
-from pydantic import Field, model_validator
+from pydantic import Field, ValidationInfo, field_validator, model_validator
 
+from compgrid_events.auth_api import IdOrBudgetCode, only_budget_codes_by_code
 from compgrid_events.base import Contract, UtcDatetime
 
 NonNegative = Annotated[Decimal, Field(ge=0)]
@@ -27,9 +28,14 @@ class UsageQuery(Contract):
     by default the last 24 hours up to now. At most 93 days at once."""
 
     of: UsageOf
-    id: UUID
+    id: IdOrBudgetCode
     since: UtcDatetime | None = None
     until: UtcDatetime | None = None
+
+    @field_validator("id")
+    @classmethod
+    def _by_code(cls, key: UUID | str, info: ValidationInfo) -> UUID | str:
+        return only_budget_codes_by_code(info.data.get("of"), key)
 
     @model_validator(mode="after")
     def _window(self) -> UsageQuery:

@@ -34,6 +34,8 @@ CALLS: dict[str, tuple[str, ...]] = {
     "gateway": ("auth", "inventory", "provisioner", "metering", "billing"),
     # a budget code its projection does not know yet is read through from its owner
     "inventory": ("auth",),
+    # usage of a budget code named by its code: auth says which one, if the caller may see it
+    "metering": ("auth",),
 }
 _READ_API = (
     "$JS.API.INFO",

@@ -47,3 +47,6 @@ class Settings(ServiceSettings):
     idle_after_s: float = Field(
         default=4 * 3600.0, gt=0, description="idle this long: InstanceIdle is published"
     )
+    owner_timeout_s: float = Field(
+        default=3.0, gt=0, le=30, description="asking auth which budget code a code names"
+    )

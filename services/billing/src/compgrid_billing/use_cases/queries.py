@@ -17,7 +17,7 @@ from typing import Any, TypeVar
 from uuid import UUID
 
 from pydantic import BaseModel
-from sqlalchemy import Date, cast, func, literal, select
+from sqlalchemy import Date, cast, func, select
 
 from compgrid_billing.adapters.tables import (
     billing_run,
@@ -34,6 +34,7 @@ from compgrid_billing.domain.documents import export_csv, render_csv, render_pdf
 from compgrid_billing.domain.invoice import UNITS, ExportRow, InvoiceDocument, Resource, quantity_of
 from compgrid_billing.domain.money import unscale
 from compgrid_billing.use_cases import rating
+from compgrid_billing.use_cases.budget_keys import budget_named, find_budget_code
 from compgrid_billing.use_cases.budgets import EXACT, burn_of, holds_of, view_of
 from compgrid_billing.use_cases.delivery import document_of, load_document
 from compgrid_billing.use_cases.deps import Deps
@@ -111,20 +112,19 @@ def ledger_money(scaled: Decimal) -> Decimal:
     return unscale(scaled).quantize(EXACT)
 
 
-async def _owner(session: Any, body: api.CostsQuery) -> tuple[UUID, UUID | None]:
-    """The project the costs belong to and, for an instance, who requested it."""
+async def _owner(session: Any, body: api.CostsQuery) -> tuple[UUID, UUID, UUID | None]:
+    """The id of whose costs are asked for (a budget code's, named by id or code), the project
+    they belong to and, for an instance, who requested it."""
+    if body.of is api.CostsOf.BUDGET_CODE:
+        return (*await find_budget_code(session, body.id, "id"), None)
+    subject = UUID(str(body.id))  # instances and projects are named by id only
     if body.of is api.CostsOf.PROJECT:
-        return body.id, None
-    if body.of is api.CostsOf.INSTANCE:
-        query = select(instance.c.project_id, instance.c.requested_by).where(
-            instance.c.id == body.id
-        )
-    else:
-        query = select(budget.c.project_id, literal(None)).where(budget.c.id == body.id)
+        return subject, subject, None
+    query = select(instance.c.project_id, instance.c.requested_by).where(instance.c.id == subject)
     found = (await session.execute(query)).first()
     if found is None:
         raise NotFound(_missing(body), field="id")
-    return UUID(str(found[0])), found[1]
+    return subject, UUID(str(found[0])), found[1]
 
 
 def _missing(body: api.CostsQuery) -> str:
@@ -187,10 +187,10 @@ async def costs(deps: Deps, caller: Caller, body: api.CostsQuery) -> api.CostsRe
     """Charges over a window: total, per resource and per UTC day."""
     principal = caller.require()
     async with deps.uow() as uow:
-        project_id, requester = await _owner(uow.session, body)
+        subject, project_id, requester = await _owner(uow.session, body)
         require_cost_reader(principal, project_id, requester, _missing(body))
         where = (
-            _COLUMN[body.of] == body.id,
+            _COLUMN[body.of] == subject,
             charge.c.hour_start >= body.since,
             charge.c.hour_start < body.until,
         )
@@ -206,7 +206,7 @@ async def costs(deps: Deps, caller: Caller, body: api.CostsQuery) -> api.CostsRe
         ).all()
     return api.CostsReport(
         of=body.of,
-        id=body.id,
+        id=subject,
         project_id=project_id,
         since=body.since,
         until=body.until,
@@ -284,9 +284,9 @@ async def list_budgets(deps: Deps, caller: Caller, body: api.BudgetsQuery) -> ap
 
 
 async def get_budget(deps: Deps, caller: Caller, body: api.BudgetRef) -> api.BudgetPublic:
-    """One budget code with balance and forecast."""
+    """One budget code, by id or code, with balance and forecast."""
     principal = caller.require()
-    found = await _budget_list(deps, budget.c.id == body.budget_code_id)
+    found = await _budget_list(deps, budget_named(body.budget_code_id))
     if not found:
         raise NotFound("no such budget code", field="budget_code_id")
     require_budget_reader(principal, found[0].project_id, "no such budget code")
@@ -307,14 +307,14 @@ async def list_invoices(deps: Deps, caller: Caller, body: api.InvoicesQuery) -> 
     project_id = body.project_id
     async with deps.uow() as uow:
         if body.budget_code_id is not None:
-            owner = await uow.session.scalar(
-                select(budget.c.project_id).where(budget.c.id == body.budget_code_id)
+            code_id, owner = await find_budget_code(
+                uow.session, body.budget_code_id, "budget_code_id"
             )
-            if owner is None or project_id not in (None, owner):
+            if project_id not in (None, owner):
                 raise NotFound("no such budget code", field="budget_code_id")
             require_money_reader(principal, owner, "no such budget code")
             project_id = owner
-            query = query.where(invoice.c.budget_code_id == body.budget_code_id)
+            query = query.where(invoice.c.budget_code_id == code_id)
         require_money_reader(principal, project_id)
         if project_id is not None:
             query = query.where(invoice.c.project_id == project_id)

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import json
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import Request
+from fastapi import Path, Request
 from pydantic import BaseModel, create_model
 from pydantic_core import to_jsonable_python
 from starlette.responses import Response
@@ -45,6 +45,17 @@ def problems(*extra: int) -> dict[int | str, dict[str, Any]]:
         for status in sorted({*COMMON_PROBLEMS, *extra})
     }
 
+
+BudgetCodePath = Annotated[
+    str,
+    Path(
+        min_length=1,
+        max_length=64,
+        pattern=r"^[A-Za-z0-9._/-]+$",
+        description="the budget code's id or its code (e.g. DEMO-GRANT-1)",
+    ),
+]
+"""A budget code in a path, as people type it: its id or its code."""
 
 ETAG_HEADER: dict[int | str, dict[str, Any]] = {
     200: {"headers": {"ETag": {"schema": {"type": "string"}}}}

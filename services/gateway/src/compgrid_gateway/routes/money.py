@@ -14,6 +14,7 @@ from compgrid_events import billing_api as api
 from compgrid_events import metering_api
 from compgrid_gateway.backend import CtxDep
 from compgrid_gateway.routes.common import (
+    BudgetCodePath,
     accepted,
     body_of,
     created,
@@ -40,13 +41,15 @@ def _file(document: dict[str, str], disposition: str = "attachment") -> Response
 
 @router.get("/usage", tags=["usage"], response_model=metering_api.UsageReport)
 async def usage(ctx: CtxDep, params: Annotated[metering_api.UsageQuery, Query()]) -> Response:
-    """Usage of an instance, project or budget code, hour by hour (live for open hours)."""
+    """Usage of an instance, project or budget code (by id or code), hour by hour (live for
+    open hours)."""
     return json_response(await ctx.relay("metering", "usage.get", params))
 
 
 @router.get("/costs", tags=["costs"], response_model=api.CostsReport)
 async def costs(ctx: CtxDep, params: Annotated[api.CostsQuery, Query()]) -> Response:
-    """Priced charges of an instance, project or budget code: total, per resource, per day."""
+    """Priced charges of an instance, project or budget code (by id or code): total, per
+    resource, per day."""
     return json_response(await ctx.relay("billing", "costs.get", params))
 
 
@@ -58,15 +61,16 @@ async def list_budgets(ctx: CtxDep, params: Annotated[api.BudgetsQuery, Query()]
 
 
 @router.get("/budgets/{budget_code_id}", tags=["budgets"], response_model=api.BudgetPublic)
-async def get_budget(ctx: CtxDep, budget_code_id: UUID) -> Response:
-    """One budget code's money and forecast."""
-    payload = {"budget_code_id": str(budget_code_id)}
+async def get_budget(ctx: CtxDep, budget_code_id: BudgetCodePath) -> Response:
+    """One budget code's money and forecast (by id or code)."""
+    payload = {"budget_code_id": budget_code_id}
     return json_response(await ctx.relay("billing", "budgets.get", payload))
 
 
 @router.get("/invoices", tags=["invoices"], response_model=api.InvoiceList)
 async def list_invoices(ctx: CtxDep, params: Annotated[api.InvoicesQuery, Query()]) -> Response:
-    """Invoices, newest first, of a project or budget code (all, for admins and finance)."""
+    """Invoices, newest first, of a project or budget code (by id or code; all, for admins
+    and finance)."""
     return json_response(await ctx.relay("billing", "invoices.list", params))
 
 

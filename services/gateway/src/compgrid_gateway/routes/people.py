@@ -7,7 +7,7 @@ from __future__ import annotations
 from typing import Annotated
 from uuid import UUID
 
-from fastapi import APIRouter, Body, Path, Query, Request
+from fastapi import APIRouter, Body, Query, Request
 from starlette.responses import Response
 
 from compgrid_events import auth_api as api
@@ -18,6 +18,7 @@ from compgrid_events.base import Contract
 from compgrid_gateway.backend import CtxDep
 from compgrid_gateway.routes.common import (
     ETAG_HEADER,
+    BudgetCodePath,
     body_of,
     created,
     expected_version,
@@ -35,15 +36,6 @@ ProjectInvite = without(api.Invite, "project_id", name="ProjectInvite")
 QuotaChange = without(inv.SetQuota, "project_id", name="QuotaChange")
 PolicyChange = without(inv.SetPolicy, "project_id", name="PolicyChange")
 ContactsChange = without(billing_api.SetContacts, "project_id", name="ContactsChange")
-BudgetCodePath = Annotated[
-    str,
-    Path(
-        min_length=1,
-        max_length=64,
-        pattern=r"^[A-Za-z0-9._/-]+$",
-        description="the budget code's id or its code (e.g. DEMO-GRANT-1)",
-    ),
-]
 BudgetCodeChange = without(
     api.UpdateBudgetCode, "budget_code_id", "expected_version", name="BudgetCodeChange"
 )

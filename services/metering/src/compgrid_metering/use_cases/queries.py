@@ -4,6 +4,8 @@ Hours come from the Redis counters (the live source, current hour included) and,
 Redis no longer holds, from the closed rollups in Postgres. After Redis lost its data and until
 the counters are rebuilt, an answer says ``complete: false``: its open hours may be missing.
 Who may ask: the project's members, admins and finance; to anyone else the owner does not exist.
+Metering knows budget codes only by id: one named by its code is looked up in auth on the
+caller's behalf, so auth decides which budget codes the caller may see (the same people).
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from uuid import UUID
 
 from sqlalchemy import BigInteger, cast, func, select, true
 
+from compgrid_events.auth_api import BudgetCodePublic
 from compgrid_events.base import utc_now
 from compgrid_events.metering_api import HourUsage, UsageOf, UsageQuery, UsageReport
 from compgrid_metering.adapters.counters import Usage
@@ -22,7 +25,7 @@ from compgrid_metering.use_cases.deps import Deps
 from compgrid_metering.use_cases.rollups import amounts
 from compgrid_runtime.access import require_project_reader
 from compgrid_runtime.errors import NotFound
-from compgrid_runtime.rpc import Caller
+from compgrid_runtime.rpc import Caller, RemoteError
 
 _KIND = {UsageOf.INSTANCE: "i", UsageOf.PROJECT: "p", UsageOf.BUDGET_CODE: "b"}
 _COLUMN = {
@@ -32,23 +35,40 @@ _COLUMN = {
 }
 
 
-async def _project(deps: Deps, body: UsageQuery) -> UUID | None:
-    if body.of is UsageOf.PROJECT:
+async def _subject(deps: Deps, caller: Caller, body: UsageQuery) -> UUID:
+    """The id of whose usage is asked for (a budget code named by its code: the code's id)."""
+    if isinstance(body.id, UUID):
         return body.id
-    found = await deps.counters.project_of(_KIND[body.of], body.id)
+    unknown = NotFound("no such budget code", field="id")
+    if deps.ask is None or caller.token is None:
+        raise unknown
+    ref = {"budget_code_id": body.id}
+    try:
+        found = await deps.ask("auth", "budget_codes.get", ref, token=caller.token)
+    except RemoteError as refused:
+        if refused.status >= 500:
+            raise
+        raise unknown from None
+    return BudgetCodePublic.model_validate(found).id
+
+
+async def _project(deps: Deps, of: UsageOf, subject: UUID) -> UUID | None:
+    if of is UsageOf.PROJECT:
+        return subject
+    found = await deps.counters.project_of(_KIND[of], subject)
     if found is not None:
         return found
     async with deps.uow() as uow:  # Redis may have lost it; closed hours still know
         return await uow.session.scalar(
-            select(rollup.c.project_id).where(_COLUMN[body.of] == body.id).limit(1)
+            select(rollup.c.project_id).where(_COLUMN[of] == subject).limit(1)
         )
 
 
 async def _closed_hours(
-    deps: Deps, body: UsageQuery, since: datetime, until: datetime
+    deps: Deps, of: UsageOf, subject: UUID, since: datetime, until: datetime
 ) -> dict[datetime, Usage]:
     """Rolled-up hours in the window, summed per hour by the database."""
-    where = (_COLUMN[body.of] == body.id, rollup.c.hour_start >= since, rollup.c.hour_start < until)
+    where = (_COLUMN[of] == subject, rollup.c.hour_start >= since, rollup.c.hour_start < until)
     sums = (
         select(
             rollup.c.hour_start,
@@ -80,10 +100,11 @@ async def _closed_hours(
 async def usage_report(deps: Deps, caller: Caller, body: UsageQuery) -> UsageReport:
     """The hours with usage in the window, oldest first, and their sum."""
     principal = caller.require()
+    subject = await _subject(deps, caller, body)
     now = utc_now()
     until = body.until or now
     since = body.since or until - timedelta(hours=24)
-    project = await _project(deps, body)
+    project = await _project(deps, body.of, subject)
     if project is None:
         if not principal.has_role("admin", "finance"):
             raise NotFound(f"no usage known for {body.of.value} {body.id}")
@@ -91,8 +112,8 @@ async def usage_report(deps: Deps, caller: Caller, body: UsageQuery) -> UsageRep
         require_project_reader(principal, principal.project_role(project))
     first = hour_of(since)
     complete = await deps.counters.intact()  # asked first: a loss meanwhile makes it False
-    live = await deps.counters.by_hour(_KIND[body.of], body.id, first, until)
-    closed = await _closed_hours(deps, body, first, until)
+    live = await deps.counters.by_hour(_KIND[body.of], subject, first, until)
+    closed = await _closed_hours(deps, body.of, subject, first, until)
     latest_closed = hour_of(now - timedelta(seconds=deps.settings.rollup_lateness_s)) - HOUR
     total = Usage()
     hours = []
@@ -104,7 +125,7 @@ async def usage_report(deps: Deps, caller: Caller, body: UsageQuery) -> UsageRep
         )
     return UsageReport(
         of=body.of,
-        id=body.id,
+        id=subject,
         project_id=project,
         since=since,
         until=until,
