@@ -143,14 +143,15 @@ async def checked_since(deps: Deps, js: JetStreamContext, since: datetime | None
 
 
 async def rebuild_holding(
-    deps: Deps, nc: NatsClient, lock: RebuildLock, since: datetime | None = None, batch: int = 512
+    deps: Deps, nc: NatsClient, lock: RebuildLock, since: datetime | None = None
 ) -> int:
     """Replay the usage stream from ``since`` (by default as far back as allowed) while holding
     the rebuild lock; return how many ticks were counted again. The lock is let go either way."""
     try:
         js = nc.jetstream()
         since = await checked_since(deps, js, since)
-        seen, counted = await _replay(deps, js, since, lock, batch)
+        # batches as large as the live consumer's: one script call holds Redis as long
+        seen, counted = await _replay(deps, js, since, lock, deps.settings.usage_batch_size)
         if not await lock.finish():
             raise Conflict("the rebuild lost its hold: Redis lost its data again meanwhile")
     except BaseException:
