@@ -32,7 +32,7 @@ from compgrid_runtime.db import create_engine, ping, session_factory
 from compgrid_runtime.health import HealthServer
 from compgrid_runtime.logs import configure_logging, get_logger
 from compgrid_runtime.outbox import OutboxRelay
-from compgrid_runtime.rpc import RpcServer
+from compgrid_runtime.rpc import Ask, RpcServer, call
 from compgrid_runtime.settings import ServiceSettings
 from compgrid_runtime.streams import ensure_streams
 from compgrid_runtime.tokens import KeyWatcher, TokenVerifier
@@ -110,6 +110,15 @@ class ServiceApp:
                 username=str(options["user"]), password=str(options.get("password", ""))
             )
         return auth
+
+    def asker(self, timeout_s: float) -> Ask:
+        """Return a port that asks owning services over this process's NATS connection (made
+        when it starts), waiting at most ``timeout_s`` for each answer."""
+
+        async def ask(service: str, operation: str, body: dict[str, Any], *, token: str) -> Any:
+            return await call(self.nc, service, operation, body, token=token, timeout_s=timeout_s)
+
+        return ask
 
     def unit_of_work(self) -> UnitOfWork:
         """Return a new unit of work whose commit wakes the outbox relay."""

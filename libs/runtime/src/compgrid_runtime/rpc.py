@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from faststream.nats import NatsBroker
 from faststream.nats.annotations import NatsMessage
@@ -192,6 +192,14 @@ def _plain(result: Any) -> Any:
     if isinstance(result, list):
         return [_plain(item) for item in result]
     return result
+
+
+class Ask(Protocol):
+    """Ask another service's request/reply operation on a caller's behalf."""
+
+    def __call__(
+        self, service: str, operation: str, body: dict[str, Any], *, token: str
+    ) -> Awaitable[Any]: ...
 
 
 async def call(

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from functools import partial
-from typing import Any
 
 from compgrid_inventory.adapters.tables import metadata
 from compgrid_inventory.config import Settings
@@ -13,7 +12,6 @@ from compgrid_inventory.use_cases.deps import Deps
 from compgrid_inventory.use_cases.maintenance import every, expire_leases, repair_claims
 from compgrid_inventory.use_cases.workers import expire_commands
 from compgrid_runtime.app import ServiceApp
-from compgrid_runtime.rpc import call
 
 
 def bootstrap(settings: Settings | None = None) -> ServiceApp:
@@ -21,25 +19,10 @@ def bootstrap(settings: Settings | None = None) -> ServiceApp:
     return build(settings or Settings())[0]
 
 
-async def _ask(
-    app: ServiceApp,
-    timeout_s: float,
-    service: str,
-    operation: str,
-    body: dict[str, Any],
-    *,
-    token: str,
-) -> Any:
-    """Ask an owning service over the process's NATS connection (made when it starts)."""
-    return await call(app.nc, service, operation, body, token=token, timeout_s=timeout_s)
-
-
 def build(settings: Settings) -> tuple[ServiceApp, Deps]:
     """Return the process and the ports its use cases use."""
     app = ServiceApp(settings, metadata)
-    deps = Deps(
-        uow=app.unit_of_work, settings=settings, ask=partial(_ask, app, settings.owner_timeout_s)
-    )
+    deps = Deps(uow=app.unit_of_work, settings=settings, ask=app.asker(settings.owner_timeout_s))
     register_routes(app.rpc, deps)
     register_consumers(app.consumers, deps)
     app.background.append(

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-from functools import partial
-from typing import Any
-
 from redis.asyncio import Redis
 
 from compgrid_metering.adapters.counters import Counters
@@ -16,25 +13,11 @@ from compgrid_metering.use_cases.deps import Deps
 from compgrid_metering.use_cases.recovery import check_intact
 from compgrid_metering.use_cases.rounds import roll_up_forever
 from compgrid_runtime.app import ServiceApp
-from compgrid_runtime.rpc import call
 
 
 def bootstrap(settings: Settings | None = None) -> ServiceApp:
     """Return the metering service process, ready to ``run()``."""
     return build(settings or Settings())[0]
-
-
-async def _ask(
-    app: ServiceApp,
-    timeout_s: float,
-    service: str,
-    operation: str,
-    body: dict[str, Any],
-    *,
-    token: str,
-) -> Any:
-    """Ask an owning service over the process's NATS connection (made when it starts)."""
-    return await call(app.nc, service, operation, body, token=token, timeout_s=timeout_s)
 
 
 def build(settings: Settings) -> tuple[ServiceApp, Deps]:
@@ -47,7 +30,7 @@ def build(settings: Settings) -> tuple[ServiceApp, Deps]:
         uow=app.unit_of_work,
         settings=settings,
         counters=counters,
-        ask=partial(_ask, app, settings.owner_timeout_s),
+        ask=app.asker(settings.owner_timeout_s),
     )
     register_consumers(app.consumers, deps)
     register_routes(app.rpc, deps)
