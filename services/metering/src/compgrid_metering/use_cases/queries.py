@@ -111,9 +111,10 @@ async def usage_report(deps: Deps, caller: Caller, body: UsageQuery) -> UsageRep
     else:
         require_project_reader(principal, principal.project_role(project))
     first = hour_of(since)
-    complete = await deps.counters.intact()  # asked first: a loss meanwhile makes it False
     live = await deps.counters.by_hour(_KIND[body.of], subject, first, until)
     closed = await _closed_hours(deps, body.of, subject, first, until)
+    # Asked after both reads: a loss before or during them makes it False.
+    complete = await deps.counters.intact()
     latest_closed = hour_of(now - timedelta(seconds=deps.settings.rollup_lateness_s)) - HOUR
     total = Usage()
     hours = []
