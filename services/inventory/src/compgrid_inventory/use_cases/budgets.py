@@ -35,15 +35,16 @@ def _same(ref: str, code: BudgetCodePublic) -> bool:
         return ref == code.code
 
 
-async def budget_for_request(
-    deps: Deps, caller: Caller, session: AsyncSession, ref: str, project_id: UUID
-) -> Any:
-    """The project's budget code named by id or code; NotFound when auth does not know it."""
-    row = await find_budget(session, ref, project_id)
-    if row is not None:
-        return row
+async def read_through(
+    deps: Deps, caller: Caller, ref: str, project_id: UUID
+) -> BudgetCodePublic | None:
+    """Auth's copy of a budget code the projection lacks (None: the projection has it, or
+    nobody knows it). Asked before the request's transaction: no connection waits on auth."""
+    async with deps.uow() as uow:
+        if await find_budget(uow.session, ref, project_id) is not None:
+            return None
     if deps.ask is None or caller.token is None:
-        raise _unknown()
+        return None
     try:
         codes = await deps.ask(
             "auth", "budget_codes.list", {"project_id": str(project_id)}, token=caller.token
@@ -51,13 +52,26 @@ async def budget_for_request(
     except RemoteError as refused:
         if refused.status >= 500:
             raise
-        raise _unknown() from None
+        return None
     for code in (BudgetCodePublic.model_validate(c) for c in codes):
         if code.project_id == project_id and _same(ref, code):
-            await save_budget(session, code.id, _projection(code))
-            log.info("budget code read through from auth", budget_code=str(code.id))
-            return await find_budget(session, str(code.id), project_id)
-    raise _unknown()
+            return code
+    return None
+
+
+async def budget_for_request(
+    session: AsyncSession, ref: str, project_id: UUID, fetched: BudgetCodePublic | None
+) -> Any:
+    """The project's budget code named by id or code, written to the projection from auth's
+    copy (``read_through``) when the projection lacks it; NotFound when neither knows it."""
+    row = await find_budget(session, ref, project_id)
+    if row is not None:
+        return row
+    if fetched is None:
+        raise _unknown()
+    await save_budget(session, fetched.id, _projection(fetched))
+    log.info("budget code read through from auth", budget_code=str(fetched.id))
+    return await find_budget(session, str(fetched.id), project_id)
 
 
 def _projection(code: BudgetCodePublic) -> dict[str, Any]:

@@ -16,6 +16,7 @@ from sqlalchemy import func, select, text, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 
 from compgrid_events import uuid7
+from compgrid_events.auth_api import BudgetCodePublic
 from compgrid_events.base import Money, utc_now
 from compgrid_events.inventory import (
     ApprovalDecided,
@@ -57,7 +58,7 @@ from compgrid_inventory.domain.admission import Policy, Refused, approval_needed
 from compgrid_inventory.domain.lifecycle import Action, after_action
 from compgrid_inventory.domain.placement import Constraints, Demand, NoPlacement, Strategy
 from compgrid_inventory.domain.pricing import hourly_price
-from compgrid_inventory.use_cases.budgets import budget_for_request
+from compgrid_inventory.use_cases.budgets import budget_for_request, read_through
 from compgrid_inventory.use_cases.catalog import current_price, current_rates, datacenter_by_name
 from compgrid_inventory.use_cases.deps import Deps
 from compgrid_inventory.use_cases.lifecycle import (
@@ -109,9 +110,10 @@ async def _feasible(uow: UnitOfWork, demand: Demand, constraints: Constraints) -
 async def request_instance(deps: Deps, caller: Caller, body: RequestInstance) -> InstancePublic:
     """Ask for an instance of a type; it is admitted, waits for approval, or is rejected."""
     principal = _member(caller, body.project_id)
+    fetched = await read_through(deps, caller, body.budget_code_id, body.project_id)
     async with deps.uow() as uow:
         kind = await find_type(uow.session, body.instance_type)
-        row = await _request(deps, uow, caller, principal, body, kind)
+        row = await _request(deps, uow, principal, body, kind, fetched)
         await uow.commit()
     return instance_public(row)
 
@@ -119,17 +121,17 @@ async def request_instance(deps: Deps, caller: Caller, body: RequestInstance) ->
 async def _request(
     deps: Deps,
     uow: UnitOfWork,
-    caller: Caller,
     principal: Principal,
     body: RequestInstance,
     kind: Any,
+    fetched: BudgetCodePublic | None,
 ) -> Any:
     """Validate, record and admit one request (shared by both ways of asking)."""
     session = uow.session
     now = utc_now()
     # Validation and the new row need no lock; admission (quota, budget) takes the project's.
     project_row = await get_project(session, body.project_id)
-    code = await budget_for_request(deps, caller, session, body.budget_code_id, body.project_id)
+    code = await budget_for_request(session, body.budget_code_id, body.project_id, fetched)
     picture = await find_image(session, body.image)
     if kind.system_types and picture.system_type not in kind.system_types:
         raise Invalid(
@@ -234,6 +236,7 @@ async def request_by_requirements(
     """Ask for the cheapest instance type that meets the requirements and fits somewhere now."""
     principal = _member(caller, body.project_id)
     wanted = body.requirements
+    fetched = await read_through(deps, caller, body.budget_code_id, body.project_id)
     async with deps.uow() as uow:
         session = uow.session
         if body.image is None:
@@ -253,7 +256,7 @@ async def request_by_requirements(
                 )
         else:
             picture = await find_image(session, body.image)
-        code = await budget_for_request(deps, caller, session, body.budget_code_id, body.project_id)
+        code = await budget_for_request(session, body.budget_code_id, body.project_id, fetched)
         kind = await _cheapest(uow, wanted, body.datacenter, code.currency)
         request = RequestInstance(
             name=body.name,
@@ -265,7 +268,7 @@ async def request_by_requirements(
             ssh_public_key=body.ssh_public_key,
             lease_ends_at=body.lease_ends_at,
         )
-        row = await _request(deps, uow, caller, principal, request, kind)
+        row = await _request(deps, uow, principal, request, kind, None)  # code saved above
         await uow.commit()
     return instance_public(row)
 
