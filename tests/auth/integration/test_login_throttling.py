@@ -114,7 +114,7 @@ async def test_each_further_guess_from_an_address_waits_twice_as_long(
 
 
 async def test_a_distributed_attack_slows_new_addresses_but_not_the_owners_own(
-    auth: AuthHarness,
+    auth: AuthHarness, real: Servers, redis: Redis
 ) -> None:
     _, email = await auth.user()
     home = _address()
@@ -123,6 +123,15 @@ async def test_a_distributed_attack_slows_new_addresses_but_not_the_owners_own(
     for _ in range(5):  # five addresses, one guess each
         assert (await _guess(auth, email, WRONG, _address())).status == 401
     await _held_back(auth, email, None)  # more new addresses, each waiting longer
+    # the account's hold also holds back the owner's new addresses: it stops growing at 30 s
+    lock = _lock(real, "acct", email)
+    holds = []
+    for _ in range(6):
+        await redis.delete(lock)  # the wait is over
+        await _guess(auth, email, WRONG, _address())
+        holds.append(await redis.pttl(lock))
+    assert all(0 < ms <= 30_000 for ms in holds), holds
+    assert holds[-1] > 16_000, holds
 
     stranger = await _guess(auth, email, PASSWORD, _address())
     assert stranger.status == 429

@@ -10,10 +10,13 @@ parallel guesses cannot slip past the count, in three scopes:
   so an attack slows the account down everywhere except where its owner usually is.
 
 Past its limit, each attempt in a scope must first take the scope's lock (``SET NX``) for 1 s,
-doubling with every further attempt up to 15 minutes: one guess at a time, ever further apart.
-While a lock is held nothing is checked and the caller is told when to come back. Because the
-first scope is keyed by address too, an attacker slows down only themselves: the owner signing
-in from another address is not affected. A successful sign-in clears its account-and-address
+doubling with every further attempt: one guess at a time, ever further apart. The locks of the
+first two scopes grow up to 15 minutes; they hold back only the guessing address. The account
+scope's lock grows up to 30 s only: it holds back every address new to the account, the owner's
+too, so it may slow the owner down but never keep them out. While a lock is held nothing is
+checked and the caller is told when to come back. Because the first scope is keyed by address
+too, an attacker slows down only themselves: the owner signing in from another address is at
+most slowed by the account scope. A successful sign-in clears its account-and-address
 scope, takes its attempt back from the address, no longer counts the address among those
 failing on the account, and remembers it as one the account's owner uses.
 """
@@ -28,6 +31,8 @@ from redis.asyncio import Redis
 
 WINDOW_S = 900
 MAX_LOCK_S = 900
+ACCOUNT_MAX_LOCK_S = 30
+"""The account scope holds back the owner's new addresses too: slowing, never locking out."""
 KNOWN_TTL_S = 90 * 86_400
 KNOWN_MAX = 20
 """How many recent good addresses an account remembers."""
@@ -53,6 +58,10 @@ class _Scope:
     @property
     def about_account(self) -> bool:
         return self.kind != "addr"
+
+    @property
+    def max_lock_s(self) -> int:
+        return ACCOUNT_MAX_LOCK_S if self.kind == "acct" else MAX_LOCK_S
 
 
 class LoginThrottle:
@@ -101,7 +110,7 @@ class LoginThrottle:
                 continue
             attacked = attacked or scope.about_account
             lock = self._key("lock", scope)
-            if not await self._redis.set(lock, 1, ex=min(MAX_LOCK_S, 2**over), nx=True):
+            if not await self._redis.set(lock, 1, ex=min(scope.max_lock_s, 2**over), nx=True):
                 return _refusal([(await self._redis.pttl(lock), scope)])
         return Verdict(True, attacked=attacked)
 
