@@ -7,10 +7,9 @@ import asyncio
 import json
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from typing import Any
 
-import nats
 import pytest
 from nats.js.errors import KeyNotFoundError
 
@@ -20,26 +19,11 @@ from compgrid_runtime.errors import Unauthorized
 from compgrid_runtime.tokens import (
     KEYS_BUCKET,
     PROJECTS_PREFIX,
-    KeyWatcher,
     TokenVerifier,
 )
 from tests.auth.integration.conftest import AuthHarness
-from tests.harness.servers import Servers
 
 pytestmark = [pytest.mark.postgres, pytest.mark.nats, pytest.mark.redis]
-
-
-@pytest.fixture
-async def remote(real: Servers) -> AsyncIterator[TokenVerifier]:
-    """A verifier as another service has it: own NATS connection, own KeyWatcher."""
-    client = await nats.connect(real.nats_url)
-    verifier = TokenVerifier()
-    watcher = KeyWatcher(client.jetstream(), verifier)
-    watcher.start()
-    await asyncio.wait_for(watcher.ready.wait(), 10)
-    yield verifier
-    await watcher.stop()
-    await client.close()
 
 
 async def _until(check: Callable[[], bool], timeout_s: float = 5.0) -> None:
@@ -72,19 +56,19 @@ async def _pair(auth: AuthHarness, email: str) -> dict[str, Any]:
 
 
 async def test_a_project_created_after_sign_in_is_in_reach_of_the_same_token(
-    auth: AuthHarness, remote: TokenVerifier
+    auth: AuthHarness, remote_verifier: TokenVerifier
 ) -> None:
     pi_id, pi_email = await auth.user("pi")
     token = await auth.login(pi_email)
-    assert remote.verify(token).projects == {}
+    assert remote_verifier.verify(token).projects == {}
 
     project = await auth.call("projects.create", {"name": f"Now {pi_id}"}, token=token)
 
-    await _until(lambda: _role(remote, token, project["id"]) == "pi", timeout_s=1.0)
+    await _until(lambda: _role(remote_verifier, token, project["id"]) == "pi", timeout_s=1.0)
 
 
 async def test_a_removed_member_loses_the_project_before_the_token_expires(
-    auth: AuthHarness, remote: TokenVerifier
+    auth: AuthHarness, remote_verifier: TokenVerifier
 ) -> None:
     member_id, member_email = await auth.user()
     _, pi_email = await auth.user("pi")
@@ -93,16 +77,16 @@ async def test_a_removed_member_loses_the_project_before_the_token_expires(
     ref = {"project_id": project["id"], "user_id": member_id}
     await auth.call("projects.add_member", ref, token=pi)
     token = await auth.login(member_email)
-    assert _role(remote, token, project["id"]) == "member"
+    assert _role(remote_verifier, token, project["id"]) == "member"
 
     await auth.call("projects.remove_member", ref, token=pi)
 
-    await _until(lambda: _role(remote, token, project["id"]) is None, timeout_s=1.0)
-    assert remote.verify(token).projects == {}
+    await _until(lambda: _role(remote_verifier, token, project["id"]) is None, timeout_s=1.0)
+    assert remote_verifier.verify(token).projects == {}
 
 
 async def test_roles_are_published_from_the_events_when_the_direct_publish_is_lost(
-    auth: AuthHarness, remote: TokenVerifier, monkeypatch: pytest.MonkeyPatch
+    auth: AuthHarness, remote_verifier: TokenVerifier, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     async def lost(*_: Any) -> None:
         """A crash (or bus outage) right after the commit."""
@@ -118,7 +102,7 @@ async def test_roles_are_published_from_the_events_when_the_direct_publish_is_lo
         "projects.add_member", {"project_id": project["id"], "user_id": member_id}, token=pi
     )
 
-    await _until(lambda: _role(remote, token, project["id"]) == "member", timeout_s=15.0)
+    await _until(lambda: _role(remote_verifier, token, project["id"]) == "member", timeout_s=15.0)
     kv = await auth.nc.jetstream().key_value(KEYS_BUCKET)
     entry = await kv.get(f"{PROJECTS_PREFIX}{member_id}")
     assert entry.value is not None
@@ -129,27 +113,27 @@ async def test_roles_are_published_from_the_events_when_the_direct_publish_is_lo
 
 
 async def test_logout_ends_the_sessions_access_tokens_everywhere(
-    auth: AuthHarness, remote: TokenVerifier
+    auth: AuthHarness, remote_verifier: TokenVerifier
 ) -> None:
     _, email = await auth.user()
     other = await _pair(auth, email)
     pair = await _pair(auth, email)
     renewed = await auth.call("refresh", {"refresh_token": pair["refresh_token"]})
     for token in (pair["access_token"], renewed["access_token"], other["access_token"]):
-        assert not _refused(remote, token)
+        assert not _refused(remote_verifier, token)
 
     await auth.call("logout", {"refresh_token": renewed["refresh_token"]})
 
-    await _until(lambda: _refused(remote, pair["access_token"]))
+    await _until(lambda: _refused(remote_verifier, pair["access_token"]))
     await _until(lambda: _refused(auth.app.verifier, pair["access_token"]))
-    for verifier in (remote, auth.app.verifier):
+    for verifier in (remote_verifier, auth.app.verifier):
         assert _refused(verifier, renewed["access_token"])
         assert not _refused(verifier, other["access_token"])  # another device's session
     assert (await auth.refused("me", {}, token=renewed["access_token"])).status == 401
 
 
 async def test_revoking_an_api_token_ends_the_access_tokens_obtained_with_it(
-    auth: AuthHarness, remote: TokenVerifier
+    auth: AuthHarness, remote_verifier: TokenVerifier
 ) -> None:
     _, email = await auth.user()
     access = await auth.login(email)
@@ -161,17 +145,17 @@ async def test_revoking_an_api_token_ends_the_access_tokens_obtained_with_it(
     gone_access = (await auth.call("exchange_api_token", {"api_token": gone["token"]}))[
         "access_token"
     ]
-    assert not _refused(remote, gone_access)
+    assert not _refused(remote_verifier, gone_access)
 
     await auth.call("api_tokens.revoke", {"token_id": gone["id"]}, token=access)
 
-    await _until(lambda: _refused(remote, gone_access))
-    assert not _refused(remote, kept_access)
-    assert not _refused(remote, access)  # the signed-in session is another one
+    await _until(lambda: _refused(remote_verifier, gone_access))
+    assert not _refused(remote_verifier, kept_access)
+    assert not _refused(remote_verifier, access)  # the signed-in session is another one
 
 
 async def test_a_stolen_refresh_token_ends_the_familys_access_tokens(
-    auth: AuthHarness, remote: TokenVerifier
+    auth: AuthHarness, remote_verifier: TokenVerifier
 ) -> None:
     _, email = await auth.user()
     first = await _pair(auth, email)
@@ -179,11 +163,11 @@ async def test_a_stolen_refresh_token_ends_the_familys_access_tokens(
 
     await auth.refused("refresh", {"refresh_token": first["refresh_token"]})  # reused
 
-    await _until(lambda: _refused(remote, second["access_token"]))
+    await _until(lambda: _refused(remote_verifier, second["access_token"]))
 
 
 async def test_a_password_change_ends_the_other_sessions_access_tokens(
-    auth: AuthHarness, remote: TokenVerifier
+    auth: AuthHarness, remote_verifier: TokenVerifier
 ) -> None:
     _, email = await auth.user()
     other = await _pair(auth, email)
@@ -195,12 +179,12 @@ async def test_a_password_change_ends_the_other_sessions_access_tokens(
 
     await auth.call("change_password", change, token=mine["access_token"])
 
-    await _until(lambda: _refused(remote, other["access_token"]))
-    assert not _refused(remote, mine["access_token"])
+    await _until(lambda: _refused(remote_verifier, other["access_token"]))
+    assert not _refused(remote_verifier, mine["access_token"])
 
 
 async def test_revocations_are_swept_once_their_tokens_have_expired(
-    auth: AuthHarness, remote: TokenVerifier
+    auth: AuthHarness, remote_verifier: TokenVerifier
 ) -> None:
     js = auth.nc.jetstream()
     kv = await js.key_value(KEYS_BUCKET)
