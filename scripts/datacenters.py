@@ -1,12 +1,14 @@
 """The datacenters the launcher runs a provisioner worker for, as a deployment does: one per
 datacenter. It asks the gateway for ``GET /datacenters`` as the demo admin every few seconds, so
 a datacenter created while the platform runs gets its worker within that time. While the gateway
-is away (restarting) it simply asks again later.
+is away (restarting), failing (5xx) or holding sign-ins back (429, after ``Retry-After``) it
+simply asks again later; only a refused sign-in (401/403) ends the asking, said once.
 """
 
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable
 
 import httpx
@@ -31,6 +33,7 @@ class Datacenters:
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._refused = False
+        self._not_before = 0.0  # monotonic time before which signing in is not tried
 
     def start(self) -> None:
         """Ask now, then every ``interval_s`` seconds until stopped."""
@@ -69,17 +72,27 @@ class Datacenters:
         return []
 
     def _sign_in(self) -> bool:
-        if self._refused:  # asking again would only trip the account's login throttling
+        # Asking again after a refusal, or before Retry-After, would only trip login throttling.
+        if self._refused or time.monotonic() < self._not_before:
             return False
         email, password = self._login
         reply = self._http.post("/auth/login", json={"email": email, "password": password})
         if reply.status_code == 200:
             self._token = str(reply.json()["access_token"])
             return True
-        if reply.status_code < 500:
+        if reply.status_code == 429:
+            self._not_before = time.monotonic() + self._retry_after(reply)
+        elif reply.status_code in (401, 403):
             self._refused = True
             self._say(
                 f"cannot sign in as {email} to list the datacenters ({reply.status_code}): "
                 "datacenters created from now on get no provisioner worker"
             )
         return False
+
+    def _retry_after(self, reply: httpx.Response) -> float:
+        """Seconds the server asks to wait (``Retry-After`` in seconds), else one interval."""
+        try:
+            return max(0.0, float(reply.headers.get("Retry-After", "")))
+        except ValueError:
+            return self._interval_s
