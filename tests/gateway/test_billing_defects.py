@@ -6,6 +6,7 @@ list what they may see; endpoints never at link-local or metadata addresses; web
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -30,6 +31,24 @@ async def _running(http: httpx.AsyncClient, stack: Stack, instance_id: str) -> N
     await asyncio.wait_for(watch(), 60)
 
 
+async def _stopped(http: httpx.AsyncClient, stack: Stack, instance_id: str) -> None:
+    deadline = time.monotonic() + 60
+    while True:
+        reply = await http.get(f"/instances/{instance_id}", headers=stack.headers("researcher"))
+        assert reply.status_code == 200, reply.text
+        if (state := reply.json()["state"]) == "stopped":
+            return
+        assert time.monotonic() < deadline, f"still {state} 60 s after the stop"
+        await asyncio.sleep(0.2)
+
+
+async def _after(seconds: float) -> None:
+    """Return once at least ``seconds`` of wall time have passed."""
+    until = time.monotonic() + seconds
+    while time.monotonic() < until:
+        await asyncio.sleep(0.1)
+
+
 async def _costs(http: httpx.AsyncClient, stack: Stack, instance_id: str) -> dict[str, Any]:
     reply = await http.get(f"/instances/{instance_id}/costs", headers=stack.headers("researcher"))
     assert reply.status_code == 200, reply.text
@@ -44,6 +63,7 @@ async def test_an_instances_costs_are_billings_and_agree_with_costs(
     headers = stack.headers("researcher")
     made = (await client.post("/instances", json=request_body(grant), headers=headers)).json()
     await _running(client, stack, made["id"])
+    running_at = time.monotonic()
 
     async def estimated() -> dict[str, Any]:
         while Decimal((costs := await _costs(client, stack, made["id"]))["estimated_unrated"]) == 0:
@@ -75,17 +95,23 @@ async def test_an_instances_costs_are_billings_and_agree_with_costs(
 
     stopped = await client.post(f"/instances/{made['id']}/stop", headers=headers)
     assert stopped.status_code == 202, stopped.text
+    await _stopped(client, stack, made["id"])
+    ran_s = Decimal(time.monotonic() - running_at)
 
-    async def still() -> Decimal:
+    async def unrated() -> Decimal:
+        return Decimal((await _costs(client, stack, made["id"]))["unrated_running_seconds"])
+
+    async def standing() -> Decimal:
+        """The unrated seconds once two reads 2 s apart agree (billing hears of the stop
+        from the inventory's events, a moment after the inventory shows it)."""
         while True:
-            first = Decimal((await _costs(client, stack, made["id"]))["unrated_running_seconds"])
-            await asyncio.sleep(1)
-            second = Decimal((await _costs(client, stack, made["id"]))["unrated_running_seconds"])
-            if first == second:
-                return second
-            await asyncio.sleep(0.5)
+            first = await unrated()
+            await _after(2)
+            if await unrated() == first:
+                return first
 
-    assert await asyncio.wait_for(still(), 60) >= seconds, "a stopped instance's time stands"
+    ran = await asyncio.wait_for(standing(), 15)
+    assert abs(ran - ran_s) <= 3, (ran, ran_s)  # what billing counts is what the test saw run
     outsider = await client.get(f"/instances/{uuid.uuid4()}/costs", headers=headers)
     assert outsider.status_code == 404
 
