@@ -24,6 +24,7 @@ from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
 
 from compgrid_runtime.embedded import EmbeddedNats, free_port
+from tests.gateway.gateways import publish_keys, session_token, wait_ready
 from tests.harness.platform import answers
 from tests.harness.servers import Servers
 
@@ -40,9 +41,15 @@ class Edge:
     nats_url: str
 
 
+def _session() -> dict[str, str]:
+    """Authorization of a new session (its own rate limit)."""
+    return {"Authorization": f"Bearer {session_token()}"}
+
+
 @pytest.fixture(scope="module")
 def edge(real: Servers, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Edge]:
     server = EmbeddedNats(tmp_path_factory.mktemp("edge-nats")).start()
+    publish_keys(server.url)  # tokens of sessions verify: each counts against its own limit
     port = free_port()
     env = {
         **os.environ,
@@ -65,6 +72,7 @@ def edge(real: Servers, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Ed
     url = f"http://127.0.0.1:{port}"
     try:
         assert answers(f"{url}/healthz", process, timeout_s=60), log.read_text()
+        wait_ready(url)
         yield Edge(url, server.url)
     finally:
         process.send_signal(signal.SIGTERM)
@@ -93,7 +101,7 @@ def _assert_problem(reply: httpx.Response, status: int, code: str) -> dict[str, 
 async def test_a_service_that_is_not_running_is_a_503_at_once(edge: Edge) -> None:
     async with httpx.AsyncClient(base_url=edge.url) as http:
         started = time.monotonic()
-        reply = await http.get("/api/v1/images", headers={"Authorization": "Bearer a"})
+        reply = await http.get("/api/v1/images", headers=_session())
     assert time.monotonic() - started < RPC_TIMEOUT_S + 2
     body = _assert_problem(reply, 503, "service_unavailable")
     assert "inventory" in str(body["detail"])
@@ -109,7 +117,7 @@ async def test_a_service_that_does_not_answer_is_a_504_after_the_timeout(
     await bus.flush()
     async with httpx.AsyncClient(base_url=edge.url) as http:
         started = time.monotonic()
-        reply = await http.get("/api/v1/datacenters", headers={"Authorization": "Bearer b"})
+        reply = await http.get("/api/v1/datacenters", headers=_session())
         took = time.monotonic() - started
     assert RPC_TIMEOUT_S <= took < RPC_TIMEOUT_S + 2
     body = _assert_problem(reply, 504, "timeout")
@@ -132,7 +140,8 @@ async def test_answers_and_refusals_of_the_owning_service_pass_through(
 
     await bus.subscribe("rpc.inventory.types.list", cb=answer)
     await bus.flush()
-    headers = {"Authorization": "Bearer the-token", "X-Request-ID": "req-42"}
+    token = session_token()
+    headers = {"Authorization": f"Bearer {token}", "X-Request-ID": "req-42"}
     async with httpx.AsyncClient(base_url=edge.url) as http:
         ok = await http.get("/api/v1/instance-types", headers=headers)
         refused = await http.get(
@@ -144,25 +153,25 @@ async def test_answers_and_refusals_of_the_owning_service_pass_through(
     assert body["field"] == "name"
     assert body["detail"] == "no"
     # the caller's token, address and request id travel to the service, which decides
-    assert seen[0]["token"] == "the-token"
+    assert seen[0]["token"] == token
     assert seen[0]["request_id"] == "req-42"
     assert seen[0]["client_address"] == "127.0.0.1"
     assert seen[1]["body"] == {"include_retired": True}
 
 
-async def test_rate_limit_is_per_token(edge: Edge) -> None:
+async def test_rate_limit_is_per_session(edge: Edge) -> None:
+    caller = _session()
     async with httpx.AsyncClient(base_url=edge.url) as http:
         statuses = [
-            (await http.get("/api/v1/images", headers={"Authorization": "Bearer c"})).status_code
-            for _ in range(6)
+            (await http.get("/api/v1/images", headers=caller)).status_code for _ in range(6)
         ]
-        throttled = await http.get("/api/v1/images", headers={"Authorization": "Bearer c"})
-        other = await http.get("/api/v1/images", headers={"Authorization": "Bearer d"})
+        throttled = await http.get("/api/v1/images", headers=caller)
+        other = await http.get("/api/v1/images", headers=_session())
     assert statuses[:5] == [503] * 5
     assert statuses[5] == 429
     _assert_problem(throttled, 429, "too_many_requests")
     assert int(throttled.headers["retry-after"]) >= 1
-    assert other.status_code == 503  # another token has its own bucket
+    assert other.status_code == 503  # another session has its own bucket
 
 
 async def test_bodies_over_the_limit_are_refused_even_without_a_length(edge: Edge) -> None:
@@ -172,16 +181,17 @@ async def test_bodies_over_the_limit_are_refused_even_without_a_length(edge: Edg
         for i in range(0, len(big), 500):
             yield big[i : i + 500]
 
+    caller = _session()
     async with httpx.AsyncClient(base_url=edge.url) as http:
         sized = await http.post(
             "/api/v1/images",
             content=big,
-            headers={"Authorization": "Bearer e", "Content-Type": "application/json"},
+            headers={**caller, "Content-Type": "application/json"},
         )
         streamed = await http.post(
             "/api/v1/images",
             content=chunks(),
-            headers={"Authorization": "Bearer e", "Content-Type": "application/json"},
+            headers={**caller, "Content-Type": "application/json"},
         )
     assert "content-length" not in streamed.request.headers
     _assert_problem(sized, 413, "too_large")
@@ -230,10 +240,7 @@ async def test_gateway_never_hangs_on_many_silent_requests(edge: Edge, bus: Nats
     async with httpx.AsyncClient(base_url=edge.url, timeout=10) as http:
         started = time.monotonic()
         replies = await asyncio.gather(
-            *(
-                http.get("/api/v1/billing/runs", headers={"Authorization": f"Bearer s{i}"})
-                for i in range(20)
-            )
+            *(http.get("/api/v1/billing/runs", headers=_session()) for _ in range(20))
         )
     assert [r.status_code for r in replies] == [504] * 20
     assert time.monotonic() - started < RPC_TIMEOUT_S + 3
@@ -264,13 +271,10 @@ async def test_documents_arrive_as_files(edge: Edge, bus: NatsClient) -> None:
         await bus.subscribe(subject, cb=answer)
     await bus.flush()
     invoice = "01a2276b-b620-723f-9769-f66add806d50"
+    caller = _session()
     async with httpx.AsyncClient(base_url=edge.url) as http:
-        got_pdf = await http.get(
-            f"/api/v1/invoices/{invoice}/pdf", headers={"Authorization": "Bearer f"}
-        )
-        got_csv = await http.get(
-            f"/api/v1/invoices/{invoice}/csv", headers={"Authorization": "Bearer f"}
-        )
+        got_pdf = await http.get(f"/api/v1/invoices/{invoice}/pdf", headers=caller)
+        got_csv = await http.get(f"/api/v1/invoices/{invoice}/csv", headers=caller)
     assert got_pdf.status_code == 200
     assert got_pdf.content == pdf
     assert got_pdf.headers["content-type"] == "application/pdf"

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from compgrid_gateway.access import PUBLIC_OPERATIONS, ROLES
+from compgrid_gateway.access import API, PUBLIC_OPERATIONS, ROLES
 from compgrid_gateway.openapi import document
+from tests.gateway.roles import OWNER_ONLY
 
 
 def test_every_declared_role_is_on_an_operation_of_the_document() -> None:
@@ -18,3 +19,8 @@ def test_every_declared_role_is_on_an_operation_of_the_document() -> None:
 
 def test_public_operations_declare_no_roles() -> None:
     assert not PUBLIC_OPERATIONS & set(ROLES)
+
+
+def test_the_edge_restricts_exactly_the_operations_the_auth_matrix_proves_restricted() -> None:
+    declared = {(method.upper(), path.removeprefix(API)) for method, path in ROLES}
+    assert declared == set(OWNER_ONLY)

@@ -2,14 +2,26 @@
 
 from __future__ import annotations
 
+import json
+import time
+import uuid
+from collections.abc import MutableMapping
+from typing import Any
+
+import jwt
 import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from jwt.algorithms import OKPAlgorithm
 from starlette.requests import Request
 
-from compgrid_gateway.edge import bad_body_text
+from compgrid_gateway.edge import Edge, bad_body_text
 from compgrid_gateway.problems import HttpProblem
-from compgrid_gateway.ratelimit import RateLimits
+from compgrid_gateway.ratelimit import RateLimits, moving_window
 from compgrid_gateway.routes.common import if_match
 from compgrid_runtime.embedded import free_port
+from compgrid_runtime.tokens import TokenVerifier
+
+KEY = Ed25519PrivateKey.generate()
 
 
 async def test_limits_fall_back_to_this_process_when_redis_does_not_answer() -> None:
@@ -20,6 +32,86 @@ async def test_limits_fall_back_to_this_process_when_redis_does_not_answer() -> 
     assert [t.remaining for t in taken] == [2, 1, 0, 0]
     assert 0 < taken[-1].retry_after_s <= 3
     assert (await limits.take("b")).allowed  # keys are independent
+
+
+@pytest.mark.parametrize(
+    ("rate", "burst", "amount", "window"),
+    [(100, 50, 100, 1), (50, 200, 200, 4), (0.2, 6, 6, 30), (0.7, 6, 7, 10), (2.5, 1, 5, 2)],
+)
+def test_the_enforced_rate_is_the_configured_one(
+    rate: float, burst: int, amount: int, window: int
+) -> None:
+    item = moving_window(rate, burst)
+    assert (item.amount, item.multiples) == (amount, window)
+    assert item.amount / item.multiples == rate
+    assert item.amount >= burst
+
+
+def _token(session: str) -> str:
+    now = int(time.time())
+    claims = {
+        "iss": "compgrid",
+        "aud": "compgrid",
+        "sub": str(uuid.uuid4()),
+        "typ": "access",
+        "iat": now,
+        "exp": now + 900,
+        "jti": uuid.uuid4().hex,
+        "sid": session,
+    }
+    return jwt.encode(claims, KEY, algorithm="EdDSA", headers={"kid": "k1"})
+
+
+def _edge(burst: int) -> Edge:
+    async def ok(scope: Any, receive: Any, send: Any) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+
+    verifier = TokenVerifier()
+    jwk = {**json.loads(OKPAlgorithm.to_jwk(KEY.public_key())), "kid": "k1", "alg": "EdDSA"}
+    verifier.set_jwks({"keys": [jwk]})
+    nowhere = f"redis://127.0.0.1:{free_port()}/0"
+    limits = RateLimits(nowhere, rate=0.1, burst=burst, prefix="unit")
+    return Edge(ok, max_body_bytes=1024, limits=limits, verifier=verifier)
+
+
+async def _status(edge: Edge, token: str | None, address: str = "10.0.0.1") -> int:
+    headers = [] if token is None else [(b"authorization", f"Bearer {token}".encode())]
+    scope = {
+        "type": "http",
+        "method": "GET",
+        "path": "/api/v1/images",
+        "headers": headers,
+        "client": (address, 40000),
+    }
+    started: list[int] = []
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": b""}
+
+    async def send(message: MutableMapping[str, Any]) -> None:
+        if message["type"] == "http.response.start":
+            started.append(message["status"])
+
+    await edge(scope, receive, send)
+    return started[0]
+
+
+async def test_made_up_tokens_count_against_their_address() -> None:
+    edge = _edge(burst=3)
+    made_up = [await _status(edge, uuid.uuid4().hex) for _ in range(3)]
+    assert made_up == [200, 200, 200]
+    assert await _status(edge, uuid.uuid4().hex) == 429
+    assert await _status(edge, None) == 429  # the same bucket as no token at all
+    assert await _status(edge, uuid.uuid4().hex, address="10.0.0.2") == 200
+
+
+async def test_a_session_counts_on_its_own_across_its_tokens() -> None:
+    edge = _edge(burst=2)
+    assert [await _status(edge, _token("s1")) for _ in range(2)] == [200, 200]
+    assert await _status(edge, _token("s1")) == 429  # a fresh token of the session is no escape
+    assert await _status(edge, _token("s2")) == 200
+    assert await _status(edge, None) == 200  # the address's own bucket is untouched
 
 
 @pytest.mark.parametrize(

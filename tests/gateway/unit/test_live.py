@@ -10,7 +10,9 @@ from typing import Any
 import pytest
 
 from compgrid_events.rpc import RpcError
+from compgrid_gateway import live
 from compgrid_gateway.live import Hub, stream
+from compgrid_runtime.errors import Unauthorized
 from compgrid_runtime.rpc import RemoteError
 
 
@@ -20,6 +22,12 @@ class Inventory:
     def __init__(self, answers: dict[str, list[int | bool]]) -> None:
         self.answers = answers
         self.asked: list[str] = []
+        self.signed_in = True
+
+    def principal(self) -> None:
+        """The caller's token verified here: refused once the caller signed out."""
+        if not self.signed_in:
+            raise Unauthorized("invalid token")
 
     async def ask(self, service: str, operation: str, body: dict[str, Any]) -> Any:
         instance = body["instance_id"]
@@ -89,3 +97,40 @@ async def test_a_lapsed_token_ends_the_stream_with_an_error_event() -> None:
     with pytest.raises(StopAsyncIteration):  # the stream ended there
         await asyncio.wait_for(lines.__anext__(), 5)
     assert hub.listeners == 0  # the stream stopped listening
+
+
+async def test_a_token_no_longer_accepted_ends_the_stream_at_the_next_keepalive() -> None:
+    inventory = Inventory({})
+    lines = stream(Hub(), inventory, None, keepalive_s=0.05)  # type: ignore[arg-type]
+    await lines.__anext__()
+    assert await asyncio.wait_for(lines.__anext__(), 5) == b": keepalive\n\n"
+    inventory.signed_in = False  # signed out, or the API token was revoked
+    last = await asyncio.wait_for(lines.__anext__(), 5)
+    assert last.startswith(b"event: error\n")
+    assert b"sign in again" in last
+    with pytest.raises(StopAsyncIteration):
+        await asyncio.wait_for(lines.__anext__(), 5)
+    assert inventory.asked == []  # decided here, without asking the inventory
+
+
+async def test_a_token_no_longer_accepted_gets_no_further_change() -> None:
+    inventory = Inventory({"a": [True]})
+    hub = Hub()
+    lines = stream(hub, inventory, None, keepalive_s=5)  # type: ignore[arg-type]
+    await lines.__anext__()
+    hub.publish(change("a", "scheduled", 2))
+    assert b'"state":"scheduled"' in await asyncio.wait_for(lines.__anext__(), 5)
+    inventory.signed_in = False
+    hub.publish(change("a", "running", 3))
+    assert (await asyncio.wait_for(lines.__anext__(), 5)).startswith(b"event: error\n")
+
+
+async def test_what_the_inventory_showed_is_asked_again_after_a_while(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(live, "REVISIT_S", 0.0)  # every answer is already old
+    inventory = Inventory({"a": [True, 404]})  # then removed from the project
+    got = await frames(Hub(), inventory, [change("a", "scheduled", 2), change("a", "running", 3)])
+    assert len(got) == 1
+    assert '"state":"scheduled"' in got[0]
+    assert inventory.asked == ["a", "a"]

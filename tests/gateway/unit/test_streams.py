@@ -7,8 +7,9 @@ from collections.abc import AsyncIterator
 
 import pytest
 from redis.asyncio import Redis
+from starlette.requests import ClientDisconnect
 
-from compgrid_gateway.streams import StreamSlots
+from compgrid_gateway.streams import HeldStream, StreamSlots
 from compgrid_runtime.embedded import free_port
 from compgrid_runtime.errors import TooManyRequests
 from compgrid_runtime.tokens import Principal
@@ -36,4 +37,25 @@ async def test_limits_hold_in_the_process_without_redis() -> None:
     assert refused.value.headers["Retry-After"] == "10"
     assert [frame async for frame in held[0].hold(_frames())] == [b": hello\n\n"]
     await slots.open(other_token)  # the stream that ended gave its slot back
+    await redis.aclose()
+
+
+async def test_a_client_gone_before_the_first_frame_gives_the_slot_back() -> None:
+    redis = Redis.from_url(f"redis://127.0.0.1:{free_port()}/0")
+    slots = StreamSlots(redis, per_token=1, per_user=1, lease_s=60, prefix="unit")
+    caller = _caller(uuid.uuid4())
+    response = HeldStream(await slots.open(caller), _frames(), media_type="text/event-stream")
+    with pytest.raises(TooManyRequests):
+        await slots.open(caller)
+
+    async def gone() -> dict[str, str]:
+        return {"type": "http.disconnect"}
+
+    async def send(message: object) -> None:
+        raise OSError("the client went away")
+
+    scope = {"type": "http", "asgi": {"spec_version": "2.4"}}
+    with pytest.raises(ClientDisconnect):  # before the body started
+        await response(scope, gone, send)
+    await slots.open(caller)  # the slot came back although no frame was sent
     await redis.aclose()

@@ -137,6 +137,7 @@ def create_app(settings: Settings) -> FastAPI:
             burst=settings.rate_limit_burst,
             prefix=settings.rate_limit_prefix,
         ),
+        verifier=verifier,
         hsts=settings.environment is Environment.PRODUCTION,
     )
     if settings.cors_origins:

@@ -25,8 +25,14 @@ class Settings(ServiceSettings):
     slow_rpc_timeout_s: float = Field(
         default=60.0, gt=0, le=900, description="billing runs and documents"
     )
-    rate_limit_per_s: float = Field(default=50.0, gt=0, description="sustained requests per token")
-    rate_limit_burst: int = Field(default=200, ge=1, description="requests a token may burst")
+    rate_limit_per_s: float = Field(
+        default=50.0, gt=0, description="sustained requests per session (or client address)"
+    )
+    rate_limit_burst: int = Field(
+        default=200,
+        ge=1,
+        description="requests a session may burst (rounded up to a whole second of the rate)",
+    )
     rate_limit_prefix: str = Field(
         default="compgrid:gateway:rate", description="Redis keys of the shared rate limits"
     )

@@ -1,13 +1,13 @@
 """What every request passes first: request ids, size and media-type limits, rate limiting and
 security headers. One plain ASGI middleware, so the hot path stays cheap.
 
-Rate limits are per bearer token (per client address without one) and shared by every gateway
-process through Redis (see ``ratelimit``).
+Rate limits are per session of a bearer token that verifies here (per client address without
+one, so made-up tokens share their address's limit) and shared by every gateway process through
+Redis (see ``ratelimit``).
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import re
@@ -15,8 +15,11 @@ import uuid
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
+from compgrid_gateway.backend import bearer
 from compgrid_gateway.problems import problem
 from compgrid_gateway.ratelimit import RateLimits
+from compgrid_runtime.errors import Unauthorized
+from compgrid_runtime.tokens import TokenVerifier
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -79,11 +82,13 @@ class Edge:
         *,
         max_body_bytes: int,
         limits: RateLimits,
+        verifier: TokenVerifier,
         hsts: bool = False,
     ) -> None:
         self.app = app
         self.max_body_bytes = max_body_bytes
         self.limits = limits
+        self.verifier = verifier
         self.hsts = hsts
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -149,13 +154,7 @@ class Edge:
     async def _throttle(
         self, scope: Scope, headers: dict[bytes, bytes], path: str, request_id: str
     ) -> tuple[Any, list[tuple[bytes, bytes]]]:
-        auth = headers.get(b"authorization", b"")
-        if auth:
-            key = "t:" + hashlib.blake2b(auth, digest_size=16).hexdigest()
-        else:
-            client = scope.get("client")
-            key = "a:" + (client[0] if client else "?")
-        taken = await self.limits.take(key)
+        taken = await self.limits.take(self._caller(scope, headers))
         limit_headers = [
             (b"ratelimit-limit", str(self.limits.burst).encode()),
             (b"ratelimit-remaining", str(taken.remaining).encode()),
@@ -173,6 +172,20 @@ class Edge:
             ),
             limit_headers,
         )
+
+    def _caller(self, scope: Scope, headers: dict[bytes, bytes]) -> str:
+        """Whose limit a request counts against: the session (or API token) of a token that
+        verifies here (locally, no network), else the client's address."""
+        token = bearer(headers.get(b"authorization", b"").decode("latin-1"))
+        if token is not None:
+            try:
+                principal = self.verifier.verify(token)
+            except Unauthorized:
+                pass
+            else:
+                return "t:" + (principal.session_id or principal.token_id)
+        client = scope.get("client")
+        return "a:" + (client[0] if client else "?")
 
     async def _read_body(
         self, scope: Scope, headers: dict[bytes, bytes], receive: Receive, path: str, rid: str

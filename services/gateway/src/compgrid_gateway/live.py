@@ -3,8 +3,10 @@
 One core NATS subscription per gateway process on ``inventory.instance.state_changed`` fans the
 changes out to every open stream. Which changes a stream may carry is the inventory's decision:
 the first change of an instance a stream sees is checked with ``instances.get`` under the
-caller's token, and the answer is remembered for that stream. A stream for one instance starts
-with the instance as it is now, so a client never misses the change it waits for.
+caller's token, and the answer is remembered for that stream for ``REVISIT_S``. The token itself
+is verified again (locally) before every frame, so a stream ends with the session that opened
+it: sign-out, a revoked API token, a disabled account. A stream for one instance starts with
+the instance as it is now, so a client never misses the change it waits for.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 from uuid import UUID
@@ -29,6 +32,11 @@ log = get_logger(__name__)
 
 SUBJECT = InstanceStateChanged.subject_for()
 QUEUE_SIZE = 1000
+REVISIT_S = 30.0
+"""How long a stream trusts the inventory's answer about an instance: someone removed from a
+project stops receiving its changes within this time, at one ``instances.get`` per instance
+and stream in that time."""
+_KEEPALIVE: dict[str, Any] = {}
 
 
 class Hub:
@@ -122,7 +130,8 @@ async def stream(
     With ``instance_id`` the stream starts with an ``instance`` event holding the instance as
     it is now (after listening began, so no change falls between); a missing or hidden
     instance is refused before the stream starts (the caller checks first, see ``opening``).
-    When the caller's token expires the stream ends with an ``error`` event."""
+    When the caller's token lapses, or is no longer accepted, the stream ends with an
+    ``error`` event."""
     visible: dict[str, bool] = {}
     with hub.listen() as queue:
         yield b"retry: 3000\n\n"
@@ -134,14 +143,26 @@ async def stream(
                 return
             visible[str(instance_id)] = True
             yield frame("instance", now)
+        asked_at = time.monotonic()
         while True:
             try:
                 event = await asyncio.wait_for(queue.get(), keepalive_s)
             except TimeoutError:
-                yield b": keepalive\n\n"
-                continue
+                event = _KEEPALIVE
             if event is None:
                 return
+            try:
+                ctx.principal()  # signed out, revoked or disabled since the last frame
+            except Unauthorized as exc:
+                detail = "the token is no longer valid; sign in again"
+                yield frame("error", {"code": exc.code, "detail": detail})
+                return
+            if time.monotonic() - asked_at > REVISIT_S:
+                visible.clear()
+                asked_at = time.monotonic()
+            if event is _KEEPALIVE:
+                yield b": keepalive\n\n"
+                continue
             target = str(event.get("instance_id"))
             if instance_id is not None and target != str(instance_id):
                 continue

@@ -1,17 +1,22 @@
 """Per-caller request limits shared by every gateway process, counted in Redis.
 
-A caller (a bearer token, or a client address without one) may send ``burst`` requests in any
-window of ``burst / rate`` seconds: a moving window from the ``limits`` library, so the
-sustained rate is ``rate`` per second and no window boundary lets twice the burst through. The
-counts live in Redis, so N gateway replicas allow the limit once, not N times. When Redis does
-not answer, each process counts on its own until it does (protection stays, only sharing is
-lost): a Redis outage must not take the API down with it.
+A caller (a signed-in session, or a client address without a valid token) may send ``amount``
+requests in any moving window of ``window`` whole seconds (the ``limits`` library counts whole
+seconds), where ``amount / window`` is exactly ``rate``: the window is the fewest whole seconds
+that hold ``burst`` requests at ``rate`` and a whole number of requests, so the burst is rounded
+up (rate 100/s with burst 50 allows 100 in any second; rate 0.7/s with burst 6 allows 7 in any
+10 s). No window boundary lets twice the burst through. The counts live in Redis, so N gateway
+replicas allow the limit once, not N times. When Redis does not answer, each process counts on
+its own until it does (protection stays, only sharing is lost): a Redis outage must not take the
+API down with it.
 """
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass
+from fractions import Fraction
 
 from limits import RateLimitItemPerSecond
 from limits.aio.storage import MemoryStorage, RedisStorage
@@ -21,6 +26,17 @@ from limits.errors import StorageError
 from compgrid_runtime.logs import get_logger
 
 log = get_logger(__name__)
+
+
+def moving_window(rate: float, burst: int) -> RateLimitItemPerSecond:
+    """``amount`` requests per ``window`` whole seconds with ``amount / window == rate``
+    exactly (the rate read as a fraction of at most a day's denominator) and
+    ``amount >= burst``: the smallest whole multiple of that fraction holding the burst."""
+    share = Fraction(rate).limit_denominator(86_400)
+    if share.numerator <= 0:
+        raise ValueError(f"a rate of {rate}/s is less than one request a day")
+    times = max(1, math.ceil(burst / share.numerator))
+    return RateLimitItemPerSecond(share.numerator * times, share.denominator * times)
 
 
 @dataclass(frozen=True)
@@ -36,8 +52,8 @@ class RateLimits:
     """Requests allowed per key across every process sharing one Redis."""
 
     def __init__(self, redis_url: str, *, rate: float, burst: int, prefix: str) -> None:
-        self.burst = burst
-        self.item = RateLimitItemPerSecond(burst, max(1, round(burst / rate)))
+        self.item = moving_window(rate, burst)
+        self.burst = self.item.amount
         storage = RedisStorage(
             f"async+{redis_url}", implementation="redispy", key_prefix=prefix, wrap_exceptions=True
         )

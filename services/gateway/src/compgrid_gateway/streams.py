@@ -20,6 +20,8 @@ from typing import Any
 import anyio
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
+from starlette.responses import StreamingResponse
+from starlette.types import Receive, Scope, Send
 
 from compgrid_runtime.errors import TooManyRequests
 from compgrid_runtime.logs import get_logger
@@ -113,6 +115,7 @@ class Slot:
         self.slots = slots
         self.keys = keys
         self.stream_id = stream_id
+        self._released = False
 
     async def hold(self, frames: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
         """Pass the stream's frames on, renewing the leases, and free the slot when it ends
@@ -125,11 +128,34 @@ class Slot:
                     renewed = time.monotonic()
                     await self._quietly(self.slots.renew)
         finally:
-            with anyio.CancelScope(shield=True):
-                await self._quietly(self.slots.close)
+            await self.release()
+
+    async def release(self) -> None:
+        """Give the slot back (once; later calls do nothing)."""
+        if self._released:
+            return
+        self._released = True
+        with anyio.CancelScope(shield=True):
+            await self._quietly(self.slots.close)
 
     async def _quietly(self, step: Any) -> None:
         try:
             await step(self.keys, self.stream_id)
         except RedisError as exc:  # the lease lapses by itself
             log.warning("stream lease not updated", error=str(exc))
+
+
+class HeldStream(StreamingResponse):
+    """A stream's response that gives its slot back when the response ends, also when the
+    client left before the first frame (then the body never starts, so its own ``finally``
+    never runs)."""
+
+    def __init__(self, slot: Slot, frames: AsyncIterator[bytes], **kwargs: Any) -> None:
+        super().__init__(slot.hold(frames), **kwargs)
+        self.slot = slot
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            await self.slot.release()

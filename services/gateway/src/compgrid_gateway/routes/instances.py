@@ -25,6 +25,7 @@ from compgrid_gateway.routes.common import (
     problems,
     without,
 )
+from compgrid_gateway.streams import HeldStream
 
 router = APIRouter(tags=["instances"], responses=problems())
 
@@ -201,8 +202,9 @@ async def instance_events(
         await ctx.ask("inventory", "instances.get", {"instance_id": str(instance_id)})
     settings = request.app.state.settings
     slot = await request.app.state.streams.open(caller)  # 429 beyond the open-stream limits
-    return StreamingResponse(
-        slot.hold(live.stream(request.app.state.hub, ctx, instance_id, settings.sse_keepalive_s)),
+    return HeldStream(
+        slot,
+        live.stream(request.app.state.hub, ctx, instance_id, settings.sse_keepalive_s),
         media_type="text/event-stream",
         headers={"X-Accel-Buffering": "no"},
     )
