@@ -316,9 +316,18 @@ async def test_instance_costs_price_what_ran(client: httpx.AsyncClient, stack: S
     assert Decimal(costs["estimated_unrated"]) == expected
     assert Decimal(costs["charged"]) == 0  # no hour has closed yet
     assert Decimal(costs["estimated_total"]) == expected
-    metered = await client.get(f"/instances/{made['id']}/usage", headers=headers)
-    assert metered.status_code == 200, metered.text
-    usage = metered.json()
+
+    # billing estimates from the running report, so metering's first sample may come later
+    async def metered() -> dict[str, Any]:
+        while True:
+            reply = await client.get(f"/instances/{made['id']}/usage", headers=headers)
+            if reply.status_code != 404:
+                assert reply.status_code == 200, reply.text
+                found: dict[str, Any] = reply.json()
+                return found
+            await asyncio.sleep(0.5)
+
+    usage = await asyncio.wait_for(metered(), 60)
     # billing counts from the running report, metering from its samples (every 2 s here)
     assert abs(Decimal(usage["total"]["running_seconds"]) - seconds) < 10
     since = (datetime.now(UTC) - timedelta(days=1)).isoformat()

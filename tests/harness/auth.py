@@ -157,6 +157,9 @@ async def auth(real: Servers, smtp: tuple[Inbox, int]) -> AsyncIterator[AuthHarn
         redis_prefix=real.redis_prefix,
         admin_email=ADMIN_EMAIL,
         admin_password=ADMIN_PASSWORD,
+        # The run's tokens (the admin's above all) are minted once and used by every later
+        # test: they must outlive a whole run on a slow machine, not the 15 minutes of default.
+        access_ttl_s=4 * 3600,
         log_level="WARNING",
     )
     app, deps = build(settings, mailer=SmtpMailer(SmtpSettings(host="127.0.0.1", port=port)))

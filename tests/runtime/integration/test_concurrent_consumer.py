@@ -17,7 +17,7 @@ from compgrid_runtime.streams import ensure_streams
 from compgrid_runtime.uow import UnitOfWork
 from tests.runtime.integration.conftest import Sample
 from tests.runtime.integration.waiting import wait_until
-from tests.runtime.sample_app import NoteAdded, counting_handler, note_consumer
+from tests.runtime.sample_app import NoteAdded, build_app, counting_handler, note_consumer
 
 pytestmark = [pytest.mark.postgres, pytest.mark.nats]
 
@@ -27,7 +27,9 @@ HANDLER_S = 0.4
 @pytest.fixture
 async def app(sample: Sample, nc: NatsClient) -> AsyncIterator[ServiceApp]:
     await ensure_streams(nc.jetstream(), [DEADLETTER])
-    service = sample.app()
+    # a connection for each message handled at once (the tests use up to 8), whatever small
+    # pool the run gives other processes
+    service = build_app(sample.run, sample.settings.model_copy(update={"db_pool_size": 8}))
     yield service
     if getattr(service, "health", None) is not None:
         await service.stop()
