@@ -37,7 +37,10 @@ WORKERS = ConsumerSpec(
     HEARTBEAT,
     "heartbeat.provisioner.>",
     "which provisioner workers serve which datacenter",
-    deliver_policy=DeliverPolicy.NEW,  # an old heartbeat says nothing about now
+    # each datacenter's latest beat, also one sent before this consumer first existed (a
+    # fresh platform's workers may beat before the inventory starts); an old beat is
+    # harmless, since a worker is live only while its last beat is recent
+    deliver_policy=DeliverPolicy.LAST_PER_SUBJECT,
 )
 
 
